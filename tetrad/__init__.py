@@ -1,0 +1,3 @@
+"""tetrad: a single-node eBPF security observability and enforcement daemon."""
+
+__version__ = "0.1.0"
