@@ -1,0 +1,41 @@
+#!/bin/sh
+# Prepare a Debian 12 machine to run and test tetrad from this checkout.
+# Idempotent: installs only what is missing.  Needs root.
+set -eu
+cd "$(dirname "$0")/.."
+
+[ "$(id -u)" = 0 ] || { echo "bootstrap: run as root (tetrad loads BPF programs)" >&2; exit 1; }
+
+# Debian packages: BCC is only packaged by Debian (python3-bpfcc), not on PyPI.
+PKGS="python3-bpfcc bpftool python3-venv python3-pip python3-yaml python3-psutil \
+python3-pyroute2 python3-sdnotify python3-pythonjsonlogger util-linux"
+# Kernel headers only when the running kernel has none of its own: BCC needs
+# some headers to compile; tetrad takes struct layouts from BTF, not from them.
+if [ ! -e "/lib/modules/$(uname -r)/build" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
+    PKGS="$PKGS linux-headers-$(dpkg --print-architecture)"
+fi
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "bootstrap: installing$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+# tracefs: tracepoints are attached through it
+if ! grep -q " /sys/kernel/tracing tracefs " /proc/mounts; then
+    mount -t tracefs nodev /sys/kernel/tracing
+fi
+
+# The virtualenv sees Debian's BCC through --system-site-packages.
+if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.tetrad-installed
+if [ ! -e "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ]; then
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+    .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation -e .
+    touch "$stamp"
+fi

@@ -1,0 +1,68 @@
+"""Start, self-test, rotation and stop of the real daemon."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+from conftest import Daemon, bpf_prog_ids, execs_with, of_type
+
+
+def test_stop_detaches_everything_quickly(tmp_path):
+    before = bpf_prog_ids()
+    d = Daemon(tmp_path)
+    d.wait_ready()
+    assert bpf_prog_ids() - before, "the daemon loaded no BPF program"
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(5) == 0
+    assert time.monotonic() - t0 < 2.0
+    d.log.close()
+    assert bpf_prog_ids() - before == set()
+    assert "stopped" in d.log_text()
+
+
+def test_sigint_stops_too(tmp_path):
+    d = Daemon(tmp_path)
+    d.wait_ready()
+    d.proc.send_signal(signal.SIGINT)
+    assert d.proc.wait(5) == 0
+
+
+def test_startup_logs_features_and_selftest(daemon):
+    text = daemon.log_text()
+    assert "self-test passed" in text
+    assert "kernel:" in text
+    assert "ready in" in text
+
+
+def test_rotation_under_load_keeps_every_event_once(start_daemon):
+    d = start_daemon("--export-file-max-size-mb=1", "--export-file-max-backups=50",
+                     "--export-file-compress")
+    mark = "rot" + str(time.time_ns())
+    n = 1500
+    # one shell forks n /bin/true: each gives an exec (with parent) and an exit
+    subprocess.run(["/bin/sh", "-c", f'i=0; while [ $i -lt {n} ]; do /bin/true {mark} $i; i=$((i+1)); done'],
+                   check=True)
+    def trues(evs):
+        return [e for e in execs_with(evs, mark) if e["process"]["binary"] == "/bin/true"]
+
+    evs = d.wait_for(lambda evs: len(trues(evs)) >= n and evs, timeout=60)
+    files = d.export_files()
+    assert len(files) > 2, f"expected several rotations, got {files}"
+    seen = [e["process"]["arguments"] for e in trues(evs)]
+    assert sorted(seen) == sorted(f"{mark} {i}" for i in range(n))   # each exactly once
+    exec_ids = [e["process_exec"]["process"]["exec_id"] for e in evs if "process_exec" in e]
+    assert len(exec_ids) == len(set(exec_ids))
+    assert d.stop() == 0
+    status = {e["process"]["pid"] for e in of_type(d.events(), "process_exit")}
+    pids = {e["process"]["pid"] for e in trues(evs)}
+    assert pids <= status
+
+
+def test_bad_config_value_is_a_clear_error(tmp_path):
+    d = Daemon(tmp_path, ["--export-file-max-size-mb=ten"])
+    assert d.proc.wait(10) == 2
+    d.log.close()
+    assert "export-file-max-size-mb" in d.log_text() and "ten" in d.log_text()

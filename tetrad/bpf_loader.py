@@ -1,0 +1,60 @@
+"""Compiling tetrad's BPF C (bpf/*.c) with BCC.
+
+The C sources live in bpf/ at the top of a source checkout and under
+<prefix>/share/tetrad/bpf once installed; TETRAD_BPF_DIR overrides both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import kheaders
+
+log = logging.getLogger("tetrad.bpf")
+
+
+class BpfLoadError(Exception):
+    pass
+
+
+def bpf_dir() -> Path:
+    candidates = []
+    if os.environ.get("TETRAD_BPF_DIR"):
+        candidates.append(Path(os.environ["TETRAD_BPF_DIR"]))
+    candidates += [
+        Path(__file__).resolve().parent.parent / "bpf",
+        Path(sys.prefix) / "share" / "tetrad" / "bpf",
+        Path("/usr/share/tetrad/bpf"),
+        Path("/usr/local/share/tetrad/bpf"),
+    ]
+    for c in candidates:
+        if (c / "common.h").is_file():
+            return c
+    raise BpfLoadError("BPF sources not found; looked in " + ", ".join(map(str, candidates)))
+
+
+def compile_program(source: str, macros: dict[str, int | str], *, text: str | None = None):
+    """Compile and load bpf/<source> (or `text`, with bpf/ on the include path).
+
+    BCC attaches RAW_TRACEPOINT_PROBE/TRACEPOINT_PROBE functions as it loads.
+    """
+    from bcc import BPF  # imported late: `tetrad version` must work without BCC
+
+    kheaders.ensure()
+    directory = bpf_dir()
+    flags = [f"-I{directory}", "-Wno-unused-function"]
+    flags += [f"-D{k}={v}" for k, v in sorted(macros.items())]
+    started = time.monotonic()
+    try:
+        if text is None:
+            bpf = BPF(src_file=str(directory / source), cflags=flags)
+        else:
+            bpf = BPF(text=text, cflags=flags)
+    except Exception as e:  # BCC raises bare Exception on compile/load failure
+        raise BpfLoadError(f"{source}: {e}") from e
+    log.debug("compiled %s in %.2fs", source, time.monotonic() - started)
+    return bpf

@@ -1,0 +1,1 @@
+"""Process tracking: the cache of known processes and how they are described."""

@@ -1,0 +1,99 @@
+"""Start-up self-test of the BTF-derived offsets.
+
+The process sensor reads the daemon's own identity through exactly the code
+that fills exec records (bpf/task.h) and the result is compared with /proc.
+Any difference means an offset is wrong for this kernel, and events would be
+silently wrong, so the daemon refuses to start and says what differed."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .process.model import NAMESPACE_NAMES
+from .process.procfs import cgroup_id_of
+from .sensors.records import RECORD_SELFTEST, TaskRecord
+
+
+class SelfTestError(Exception):
+    pass
+
+
+def expected_identity(cgroup_root: str) -> dict:
+    """What /proc says about this process."""
+    pid = os.getpid()
+    status = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            status[k] = v.strip()
+    try:
+        with open("/proc/self/loginuid") as f:
+            auid = int(f.read())
+    except OSError:
+        auid = 0xFFFFFFFF
+    with open("/proc/self/cmdline", "rb") as f:
+        cmdline = f.read()
+    ns = []
+    for name in NAMESPACE_NAMES:
+        try:
+            ns.append(os.stat(f"/proc/self/ns/{name}").st_ino)
+        except OSError:
+            ns.append(None)   # namespace type absent: not compared
+    return {
+        "pid": pid,
+        "ppid": os.getppid(),
+        "auid": auid,
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "cwd": os.getcwd(),
+        "cgroup_id": cgroup_id_of("/proc", "self", cgroup_root) if cgroup_root else None,
+        "nspid": int(status["NSpid"].split()[-1]),
+        "cap_effective": int(status["CapEff"], 16),
+        "args": cmdline[:4096],
+        "ns": ns,
+    }
+
+
+def observed_identity(rec: TaskRecord) -> dict:
+    return {
+        "pid": rec.pid, "ppid": rec.ppid, "auid": rec.auid, "uid": rec.creds[0],
+        "gid": rec.creds[1], "cwd": rec.cwd, "cgroup_id": rec.cgroup_id, "nspid": rec.nspid,
+        "cap_effective": rec.caps[1], "args": rec.args, "ns": list(rec.ns),
+    }
+
+
+def compare(expected: dict, observed: dict) -> list[str]:
+    problems = []
+    for key, want in expected.items():
+        got = observed.get(key)
+        if key == "ns":
+            for name, w, g in zip(NAMESPACE_NAMES, want, got):
+                if w is not None and w != g:
+                    problems.append(f"ns.{name}: BPF read {g}, /proc says {w}")
+        elif want is not None and want != got:
+            problems.append(f"{key}: BPF read {got!r}, /proc says {want!r}")
+    return problems
+
+
+def run(sensor, poll_records, cgroup_root: str, timeout_s: float = 3.0) -> dict:
+    """Trigger the self-test probe and check it.  `poll_records(ms)` polls the
+    ring buffer and returns self-test records seen so far."""
+    sensor.arm_selftest(os.getpid())
+    try:
+        expected = expected_identity(cgroup_root)
+        os.getpgid(0)
+        deadline = time.monotonic() + timeout_s
+        records: list[TaskRecord] = []
+        while not records and time.monotonic() < deadline:
+            records = [r for r in poll_records(100) if r.type == RECORD_SELFTEST]
+    finally:
+        sensor.disarm_selftest()
+    if not records:
+        raise SelfTestError("self-test: the BPF probe never reported (is the syscalls:sys_enter_getpgid tracepoint working?)")
+    observed = observed_identity(records[0])
+    problems = compare(expected, observed)
+    if problems:
+        raise SelfTestError("self-test failed, struct offsets from BTF do not match this kernel: "
+                            + "; ".join(problems))
+    return observed

@@ -1,0 +1,1 @@
+"""Sensors: BPF programs and the decoding of what they report."""
