@@ -30,6 +30,20 @@ def bpf_prog_ids() -> set[int]:
     return {p["id"] for p in json.loads(out.stdout or "[]")}
 
 
+def bpf_prog_ids_of(pid: int) -> set[int]:
+    """BPF programs a process holds file descriptors to (from /proc/PID/fdinfo)."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            pass
+    return ids
+
+
 class Daemon:
     """A running `tetrad run`, its export file and its log."""
 
