@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 
-from conftest import Daemon, bpf_prog_ids, bpf_prog_ids_of, execs_with, of_type
+from conftest import Daemon, bpf_prog_ids, bpf_prog_ids_of, execs_with, of_type, tetrad_cmd
 
 
 def test_stop_detaches_everything_quickly(tmp_path):
@@ -70,3 +70,34 @@ def test_bad_config_value_is_a_clear_error(tmp_path):
     assert d.proc.wait(10) == 2
     d.log.close()
     assert "export-file-max-size-mb" in d.log_text() and "ten" in d.log_text()
+
+
+def test_records_lost_in_the_kernel_are_counted_and_reported(start_daemon):
+    # one page of ring buffer, and a consumer that is stopped: the kernel must
+    # drop records, and the daemon must say so rather than lose them silently
+    d = start_daemon("--rb-size=4096")
+    d.proc.send_signal(signal.SIGSTOP)
+    try:
+        subprocess.run(["/bin/sh", "-c", "for i in $(seq 300); do /bin/true; done"], check=True)
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while "kernel dropped" not in d.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "kernel dropped" in d.log_text()
+    import json
+    time.sleep(1.2)   # status is refreshed every second
+    lost = json.loads(d.status_file.read_text())["lost_in_kernel"]
+    assert lost.get("exec", 0) + lost.get("exit", 0) + lost.get("clone", 0) > 0
+    probe = subprocess.run(tetrad_cmd() + ["probe", "-o", "json", f"--server-address=unix://{d.sock}"],
+                           capture_output=True, text=True, check=True)
+    reported = json.loads(probe.stdout)["daemon"]["lost_in_kernel"]
+    assert sum(reported.values()) >= sum(lost.values())
+
+
+def test_json_logs(start_daemon):
+    import json
+    d = start_daemon("--log-format=json")
+    lines = [json.loads(line) for line in d.log_text().splitlines() if line.startswith("{")]
+    assert any("self-test passed" in entry["msg"] for entry in lines)
+    assert all({"time", "level", "logger", "msg"} <= set(entry) for entry in lines)

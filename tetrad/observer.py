@@ -3,7 +3,6 @@ and hands each event to the exporters.  This is the per-event hot path."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -17,9 +16,6 @@ from .sensors.records import RECORD_CLONE, RECORD_EXEC, RECORD_EXIT, TaskRecord
 from .timefmt import rfc3339
 
 log = logging.getLogger("tetrad.observer")
-
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
@@ -97,6 +93,7 @@ class Observer:
         self.cache.add(proc)
         return proc
 
-    def emit(self, kind: str, event: dict) -> None:
+    def emit(self, kind: str, built: tuple[dict, str]) -> None:
+        """`built` is (event dict, its JSON line) from the EventBuilder."""
         self.counts[kind] += 1
-        self.sink(kind, event, _dumps(event))
+        self.sink(kind, *built)

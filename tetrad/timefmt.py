@@ -25,10 +25,15 @@ class KtimeClock:
         return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
+_last_second = [None, ""]
+
+
 def rfc3339(epoch_ns: int) -> str:
     """protojson's Timestamp format: UTC, 0, 3, 6 or 9 fractional digits."""
     secs, nanos = divmod(epoch_ns, 1_000_000_000)
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    if _last_second[0] != secs:   # events come in bursts within one second
+        _last_second[:] = secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    base = _last_second[1]
     if nanos == 0:
         return base + "Z"
     if nanos % 1_000_000 == 0:

@@ -53,7 +53,6 @@ class ProcessCache:
         parent = self.parent_of(proc)
         if parent is not None:
             parent.refcnt += 1
-            parent.invalidate()
         if len(self.by_exec_id) > self.max_size:
             self._shrink()
 
@@ -76,7 +75,6 @@ class ProcessCache:
 
     def _decref(self, proc: Process) -> None:
         proc.refcnt -= 1
-        proc.invalidate()
         if proc.refcnt <= 0:
             self._collectable.append((self.clock() + self.grace_s, proc.exec_id))
 

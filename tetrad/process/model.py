@@ -5,7 +5,9 @@ wrapper types such as pid/uid/auid/tid always present)."""
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from . import flags as pflags
 
@@ -35,8 +37,12 @@ def exec_id(node: str, ktime: int, pid: int) -> str:
     return base64.b64encode(f"{node}:{ktime}:{pid}".encode()).decode()
 
 
-def cap_names(mask: int) -> list[str]:
-    return [name for bit, name in enumerate(CAPABILITIES) if mask >> bit & 1]
+@lru_cache(maxsize=256)
+def cap_names(mask: int) -> tuple[str, ...]:
+    return tuple(name for bit, name in enumerate(CAPABILITIES) if mask >> bit & 1)
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def format_arguments(argv: list[str]) -> str:
@@ -68,18 +74,48 @@ class Process:
     pod: dict | None = None
     docker: str = ""
     _json: dict | None = field(default=None, repr=False)
+    _text: str | None = field(default=None, repr=False)
 
+    # The JSON object is built once per process and kept, serialized too:
+    # a parent appears in every event of its children.  `refcnt` changes
+    # over a process's life, so it is added per event, last.
     def to_json(self, host_ns: tuple = (), with_creds: bool = True, with_ns: bool = True) -> dict:
-        """The Tetragon `Process` object (cached; refcnt filled per event)."""
+        """The Tetragon `Process` object."""
         if self._json is None:
             self._json = self._build_json(host_ns, with_creds, with_ns)
         out = dict(self._json)
-        if self.refcnt:
+        if self.refcnt > 0:
             out["refcnt"] = self.refcnt
         return out
 
+    def to_text(self, host_ns: tuple = (), with_creds: bool = True, with_ns: bool = True) -> str:
+        """`to_json()` serialized, from a cached prefix."""
+        if self._text is None:
+            if self._json is None:
+                self._json = self._build_json(host_ns, with_creds, with_ns)
+            self._text = self._encode_json(host_ns)
+        if self.refcnt > 0:
+            return f'{self._text},"refcnt":{self.refcnt}}}'
+        return self._text + "}"
+
     def invalidate(self) -> None:
+        """Forget the cached JSON after a change to what it shows (e.g. pod)."""
         self._json = None
+        self._text = None
+
+    def _encode_json(self, host_ns) -> str:
+        """_json serialized without its closing brace; the namespace and
+        credential objects, shared by most processes, come pre-encoded."""
+        parts = []
+        for key, value in self._json.items():
+            if key == "ns":
+                text = _namespaces(self.ns, host_ns)[1]
+            elif key == "process_credentials":
+                text = _credentials(self.creds, self.caps)[1]
+            else:
+                text = _encode(value)
+            parts.append(f'"{key}":{text}')
+        return "{" + ",".join(parts)
 
     def _build_json(self, host_ns, with_creds, with_ns) -> dict:
         j: dict = {"exec_id": self.exec_id, "pid": self.pid, "uid": self.uid}
@@ -100,25 +136,32 @@ class Process:
         if self.parent_exec_id:
             j["parent_exec_id"] = self.parent_exec_id
         if with_ns and self.ns and any(self.ns):
-            j["ns"] = {
-                name: ({"inum": inum, "is_host": True}
-                       if host_ns and inum == host_ns[i] else {"inum": inum})
-                for i, (name, inum) in enumerate(zip(NAMESPACE_NAMES, self.ns)) if inum
-            }
+            j["ns"] = _namespaces(self.ns, host_ns)[0]
         j["tid"] = self.tid
         if with_creds and self.creds:
-            ids = ("uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid")
-            pc: dict = dict(zip(ids, self.creds[:8]))
-            secure = [name for bit, name in SECUREBITS if self.creds[8] & bit]
-            if secure:
-                pc["securebits"] = secure
-            if self.caps:
-                caps = {}
-                for key, mask in zip(("permitted", "effective", "inheritable"), self.caps):
-                    names = cap_names(mask)
-                    if names:
-                        caps[key] = names
-                if caps:
-                    pc["caps"] = caps
-            j["process_credentials"] = pc
+            j["process_credentials"] = _credentials(self.creds, self.caps)[0]
         return j
+
+
+# Shared, read-only objects: most processes have the same namespaces and
+# credentials, so each distinct set is built and encoded once.
+@lru_cache(maxsize=1024)
+def _namespaces(ns: tuple, host_ns: tuple) -> tuple[dict, str]:
+    obj = {name: ({"inum": inum, "is_host": True}
+                  if host_ns and inum == host_ns[i] else {"inum": inum})
+           for i, (name, inum) in enumerate(zip(NAMESPACE_NAMES, ns)) if inum}
+    return obj, _encode(obj)
+
+
+@lru_cache(maxsize=1024)
+def _credentials(creds: tuple, caps: tuple) -> tuple[dict, str]:
+    ids = ("uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid")
+    obj: dict = dict(zip(ids, creds[:8]))
+    secure = [name for bit, name in SECUREBITS if creds[8] & bit]
+    if secure:
+        obj["securebits"] = secure
+    sets = {key: list(cap_names(mask)) for key, mask in zip(("permitted", "effective", "inheritable"), caps)}
+    sets = {key: names for key, names in sets.items() if names}
+    if sets:
+        obj["caps"] = sets
+    return obj, _encode(obj)

@@ -40,14 +40,14 @@ class ProcessSensor:
             return 0
 
         self._cb = _cb  # keep a reference: BCC holds only a C pointer to it
-        self.bpf["events"].open_ring_buffer(_cb)
+        self.bpf[b"events"].open_ring_buffer(_cb)
 
     def poll(self, timeout_ms: int) -> None:
         self.bpf.ring_buffer_poll(timeout_ms)
 
     def lost(self) -> dict[str, int]:
         """Records the kernel could not send, by record type (since load)."""
-        table = self.bpf["lost_records"]
+        table = self.bpf[b"lost_records"]
         out = {}
         for key, per_cpu in table.items():
             total = sum(per_cpu)
@@ -56,11 +56,11 @@ class ProcessSensor:
         return out
 
     def arm_selftest(self, tgid: int) -> None:
-        self.bpf["selftest_tgid"][ctypes.c_int(0)] = ctypes.c_uint32(tgid)
+        self.bpf[b"selftest_tgid"][ctypes.c_int(0)] = ctypes.c_uint32(tgid)
 
     def disarm_selftest(self) -> None:
-        self.bpf["selftest_tgid"][ctypes.c_int(0)] = ctypes.c_uint32(0)
-        self.bpf.detach_tracepoint(self.SELFTEST_TRACEPOINT)
+        self.bpf[b"selftest_tgid"][ctypes.c_int(0)] = ctypes.c_uint32(0)
+        self.bpf.detach_tracepoint(self.SELFTEST_TRACEPOINT.encode())
 
     def close(self) -> None:
         self.bpf.cleanup()
