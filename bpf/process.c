@@ -74,7 +74,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
     u32 pid = 0, tgid = 0;
     READ_MEMBER(pid, child, task_struct, pid);
     READ_MEMBER(tgid, child, task_struct, tgid);
-    if (pid != tgid)
+    if (pid != tgid || is_kernel_thread(child))   /* threads and kthreads are not processes */
         return 0;
     struct task_record *r = scratch_record(RECORD_CLONE);
     if (!r)
@@ -97,7 +97,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     void *signal = PTR_MEMBER(task, task_struct, signal);
     int live = 1;
     READ_MEMBER(live, signal, signal_struct, live);
-    if (live != 0)
+    if (live != 0 || is_kernel_thread(task))
         return 0;
     struct task_record *r = scratch_record(RECORD_EXIT);
     if (!r)

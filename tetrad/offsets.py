@@ -29,6 +29,7 @@ class Member:
 # config (CONFIG_AUDIT for loginuid, CONFIG_TIME_NS for time namespaces); the
 # C code checks `#ifdef` for them.
 PROCESS_MEMBERS: tuple[Member, ...] = (
+    Member("task_struct", "flags"),
     Member("task_struct", "pid"),
     Member("task_struct", "tgid"),
     Member("task_struct", "real_parent"),
