@@ -5,6 +5,10 @@
 
 /* One ring buffer carries every record; RB_PAGES comes from --rb-size. */
 BPF_RINGBUF_OUTPUT(events, RB_PAGES);
+#ifndef WAKEUP_EVERY
+#define WAKEUP_EVERY 64
+#endif
+BPF_PERCPU_ARRAY(since_wakeup, u32, 1);
 /* Records the ring buffer had no room for, by record type. */
 BPF_PERCPU_ARRAY(lost_records, u64, LOST_SLOTS);
 
@@ -17,7 +21,17 @@ BPF_ARRAY(selftest_tgid, u32, 1);
 static __always_inline void submit(struct task_record *r, u32 data_len)
 {
     u32 size = task_record_size(r, data_len);
-    if (events.ringbuf_output(r, size, 0) != 0) {
+    /* Wake the consumer once per WAKEUP_EVERY records of a CPU, not per
+     * record: each wakeup costs the daemon an epoll round trip.  The daemon
+     * polls on a short timeout, which bounds the delay of a lone event. */
+    u32 zero = 0;
+    u64 flags = BPF_RB_NO_WAKEUP;
+    u32 *since = since_wakeup.lookup(&zero);
+    if (since && ++*since >= WAKEUP_EVERY) {
+        *since = 0;
+        flags = BPF_RB_FORCE_WAKEUP;
+    }
+    if (events.ringbuf_output(r, size, flags) != 0) {
         u32 type = r->h.type;
         u64 *n = lost_records.lookup(&type);
         if (n)

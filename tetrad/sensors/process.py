@@ -43,7 +43,10 @@ class ProcessSensor:
         self.bpf[b"events"].open_ring_buffer(_cb)
 
     def poll(self, timeout_ms: int) -> None:
+        """Wait up to timeout_ms for a wakeup, then take whatever is queued:
+        the kernel side wakes us only once per batch of records."""
         self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()
 
     def lost(self) -> dict[str, int]:
         """Records the kernel could not send, by record type (since load)."""
