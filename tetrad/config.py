@@ -254,9 +254,10 @@ OPTIONS: list[Option] = [
     Option("tracing-policy", "str", "",
            "one extra tracing policy file loaded at start-up"),
     Option("rb-size", "size", 0,
-           "perf ring buffer size per CPU, e.g. 64K or 8M (0: automatic)"),
+           "ring buffer size per CPU, e.g. 64K or 8M (0: automatic, 2 MiB per CPU); "
+           "tetrad has one BPF ring buffer of this times the CPU count, rounded up to a power of two"),
     Option("rb-size-total", "size", 0,
-           "perf ring buffer size across all CPUs (0: automatic); excludes --rb-size"),
+           "ring buffer size across all CPUs (0: automatic); excludes --rb-size"),
     Option("process-cache-size", "int", 65536,
            "maximum number of entries in the process cache", minimum=1),
     Option("procfs", "str", "/proc",
@@ -506,7 +507,7 @@ def load(
     return Config(values, sources)
 
 
-def _format_default(opt: Option) -> str:
+def format_default(opt: Option) -> str:
     value = opt.default
     if opt.type == "bool":
         return "true" if value else "false"
@@ -539,7 +540,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "default": argparse.SUPPRESS,
             "metavar": metavar,
             # argparse %-formats help strings.
-            "help": f"{opt.help} (default: {_format_default(opt)})".replace("%", "%%"),
+            "help": f"{opt.help} (default: {format_default(opt)})".replace("%", "%%"),
         }
         if opt.type == "bool":
             kwargs.update(nargs="?", const="true")

@@ -86,7 +86,8 @@ class Daemon:
             macros = offsets.resolve(btf)
         except (OSError, BtfError, offsets.OffsetError) as e:
             raise StartupError(f"cannot resolve kernel struct offsets from {cfg.btf}: {e}") from e
-        pages = ring_pages(cfg.rb_size or cfg.rb_size_total, os.cpu_count() or 1)
+        ncpus = os.cpu_count() or 1
+        pages = ring_pages(cfg.rb_size_total or cfg.rb_size * ncpus, ncpus)
         self.sensor = ProcessSensor(macros, pages)
         log.info("process sensor: raw tracepoints sched_process_exec, sched_process_fork, "
                  "sched_process_exit; ring buffer %d KiB", pages * 4)

@@ -15,7 +15,7 @@ PAGE = 4096
 
 
 def ring_pages(rb_size: int, ncpus: int) -> int:
-    """--rb-size in bytes (0 = auto) -> a power-of-two page count."""
+    """Ring buffer bytes (0 = auto) -> a power-of-two page count."""
     want = rb_size or max(8, 2 * ncpus) * 1024 * 1024  # auto: 2 MiB per CPU, at least 8
     pages = 1
     while pages * PAGE < want:
