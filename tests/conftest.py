@@ -106,7 +106,7 @@ class Daemon:
                         out.append(json.loads(line))
         return out
 
-    def wait_for(self, predicate, timeout: float = 10.0, what: str = "events") -> list[dict]:
+    def wait_for(self, predicate, timeout: float = 30.0, what: str = "events") -> list[dict]:
         """Poll the export until predicate(events) returns a truthy value."""
         deadline = time.monotonic() + timeout
         while True:
