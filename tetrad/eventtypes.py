@@ -19,8 +19,8 @@ EVENT_TYPES = {
 }
 KIND_BY_NAME = {name: kind for kind, (name, _) in EVENT_TYPES.items()}
 KIND_BY_NUMBER = {num: kind for kind, (_, num) in EVENT_TYPES.items()}
-# Kinds that name the policy that produced them (`policy_name`).
-POLICY_KINDS = ("process_kprobe", "process_tracepoint", "process_uprobe", "process_lsm", "process_usdt")
+# Kinds whose `policy_name` filters see (as in Tetragon, usdt is not among them).
+POLICY_KINDS = ("process_kprobe", "process_tracepoint", "process_uprobe", "process_lsm")
 
 
 def event_kind(event: dict) -> str | None:
