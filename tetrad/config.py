@@ -267,6 +267,9 @@ OPTIONS: list[Option] = [
            "log output format", choices=("text", "json")),
     Option("server-address", "str", "unix:///run/tetrad/tetrad.sock",
            "listen address of the API server"),
+    Option("api-client-queue", "int", 8192,
+           "events queued for each getevents client before it loses events "
+           "(a client that falls behind never slows the daemon)", minimum=1),
     Option("export-allowlist", "str", "",
            "JSON filters; only matching events are exported"),
     Option("export-denylist", "str", "",

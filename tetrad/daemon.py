@@ -133,7 +133,7 @@ class Daemon:
 
     def _start_api(self) -> None:
         """The unix socket (getevents, status, tracingpolicy) and metrics."""
-        self.api = ApiServer(self.cfg.server_address)
+        self.api = ApiServer(self.cfg.server_address, self.cfg.api_client_queue)
         api_commands.register(self.api, self)
         try:
             self.api.start()
