@@ -3,6 +3,7 @@ served by the daemon's policy manager over its socket."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -12,16 +13,17 @@ from .getevents import _address
 
 
 def add_arguments(p) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server-address", default=None, help="the daemon's socket")
     sub = p.add_subparsers(dest="tp_command", metavar="ACTION")
     sub.required = True
-    ls = sub.add_parser("list", help="list loaded tracing policies")
+    ls = sub.add_parser("list", parents=[common], help="list loaded tracing policies")
     ls.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    add = sub.add_parser("add", help="load a tracing policy file")
+    add = sub.add_parser("add", parents=[common], help="load a tracing policy file")
     add.add_argument("file")
     for action in ("delete", "enable", "disable"):
-        a = sub.add_parser(action, help=f"{action} a tracing policy")
+        a = sub.add_parser(action, parents=[common], help=f"{action} a tracing policy")
         a.add_argument("name")
-    p.add_argument("--server-address", default=None, help="the daemon's socket")
 
 
 def main(args) -> int:
