@@ -85,7 +85,9 @@ class DaemonCollector:
         yield policy
         lost = CounterMetricFamily("tetrad_observer_ringbuf_events_lost",
                                    "Number of ring buffer records lost in the kernel", labels=["type"])
-        for kind, n in (d.sensor.lost() if d.sensor else {}).items():
+        counts = {"exec": 0, "exit": 0, "clone": 0}     # the process sensor's record types
+        counts.update(d.sensor.lost() if d.sensor else {})
+        for kind, n in counts.items():
             lost.add_metric([kind], n)
         yield lost
         export = d.export_controls
