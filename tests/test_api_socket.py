@@ -191,3 +191,11 @@ def test_tracingpolicy_commands_with_a_fake_manager(fake_server, tmp_path, capsy
     assert main(["tracingpolicy", "add", str(tmp_path / "missing.yaml"), f"--server-address={fake_server}"]) == 1
     assert "missing.yaml: no such file" in capsys.readouterr().err
     assert client.call(fake_server, "status") == {"policies": [{"name": "base", "state": "disabled"}]}
+
+
+def test_a_second_daemon_on_the_same_socket_is_refused(daemon, start_daemon):
+    second = start_daemon(f"--server-address=unix://{daemon.sock}",
+                          f"--export-filename={daemon.workdir}/second.log", ready=False)
+    assert second.proc.wait(60) != 0
+    assert "another daemon is already listening on this socket" in second.log_text()
+    assert client.call(f"unix://{daemon.sock}", "status")["pid"] == daemon.proc.pid
