@@ -96,3 +96,18 @@ def test_broken_pipe_is_quiet():
                        shell=True, capture_output=True, text=True, timeout=30)
     assert r.stdout.splitlines() == [LINES["exec_pod"]]
     assert "Traceback" not in r.stderr
+
+
+def test_follows_a_live_pipe():
+    """`tail -f log | tetrad getevents`: each event is printed as it arrives."""
+    from userside import Lines
+    first = EVENTS.read_text().splitlines()[0]
+    ge = Lines(tetrad_cmd() + ["getevents", "-o", "compact"], stdin=subprocess.PIPE)
+    try:
+        ge.proc.stdin.write(first + "\n")
+        ge.proc.stdin.flush()
+        assert ge.wait_for(lambda l: True, timeout=10, what="first line while stdin is open") == [LINES["exec_pod"]]
+        assert ge.proc.poll() is None
+    finally:
+        ge.proc.stdin.close()
+        ge.stop()
