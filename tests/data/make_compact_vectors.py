@@ -123,6 +123,8 @@ v("lsm", {"process_lsm": {"process": PK, "function_name": "file_open", "policy_n
   "🔒 LSM     kube-system/tetragon /usr/bin/curl file_open")
 v("loader", {"process_loader": {"process": PK, "path": "/lib/evil\x1b[31m.so", "buildid": "3q2+7w=="}},
   '🧬 loader  kube-system/tetragon /usr/bin/curl deadbeef "/lib/evil\\x1b[31m.so"')
+v("loader url-safe unpadded buildid", {"process_loader": {"process": PK, "path": "/lib/x.so", "buildid": "-_8"}},
+  "🧬 loader  kube-system/tetragon /usr/bin/curl fbff /lib/x.so")
 v("loader no buildid", {"process_loader": {"process": PK, "path": "/lib/x.so"}},
   "🧬 loader  kube-system/tetragon /usr/bin/curl /lib/x.so")
 v("throttle start", {"process_throttle": {"type": "THROTTLE_START", "cgroup": "/sys/fs/cgroup\nmalicious"}},
@@ -144,6 +146,15 @@ v("color exit signal", {"process_exit": {"process": {"binary": "/bin/ls"}, "sign
   color="always")
 v("color throttle", {"process_throttle": {"type": "THROTTLE_STOP", "cgroup": "c"}},
   "\x1b[31m🧬 throttle\x1b[0m \x1b[32mSTOP \x1b[0m c", color="always")
+# Events recorded from a tetrad daemon on the development machine
+REC = [json.loads(l) for l in open("tetrad_recorded_events.jsonl")]
+v("recorded tetrad exec", REC[0],
+  '🚀 process vm /work/main/.venv/bin/tetrad "/work/main/.venv/bin/tetrad probe '
+  '--server-address=unix:///tmp/pytest-of-root/pytest-50/test_probe_text_with_a_running0/run/tetrad.sock"')
+v("recorded tetrad exit by signal", REC[1], '💥 exit    vm /bin/sh "-c \\"sleep 30; true\\" mf96361379258" SIGKILL')
+v("recorded tetrad exit status", REC[2], '💥 exit    vm /bin/sh "-c \\"exit 3\\" m8232e61ee3cc \\"a b\\" c\\nd" 3')
+v("recorded tetrad exit timestamps", REC[2], REC[2]["time"][:-1].ljust(29, "0") + 'Z 💥 exit    vm /bin/sh "-c \\"exit 3\\" m8232e61ee3cc \\"a b\\" c\\nd" 3',
+  timestamps=True)
 with open("compact_vectors.json", "w") as f:
     json.dump(V, f, indent=1, ensure_ascii=True)
 print(len(V))

@@ -169,7 +169,7 @@ class CompactEncoder:
 
     def _process_loader(self, body, info):
         buildid = body.get("buildid")
-        build = base64.b64decode(buildid).hex() + " " if buildid else ""
+        build = _bytes_field(buildid).hex() + " " if buildid else ""
         path = self.c.paint("yellow", maybe_quote(body.get("path", "")))
         return f"{self._event(chr(0x1F9EC), 'loader')} {info} {build}{path}"
 
@@ -353,6 +353,15 @@ class CompactEncoder:
             attr = self._cyan_quoted((_sub(a, key) or {}).get("path", ""))
             event = self._event(chr(0x1F4DD), "truncate")
         return f"{event} {info} {attr}"
+
+
+def _bytes_field(text: str) -> bytes:
+    """A protobuf JSON `bytes` value: base64, standard or URL-safe, padding optional."""
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(padded, altchars=b"-_" if ("-" in text or "_" in text) else None)
+    except ValueError:
+        raise EncodeError(f"bad base64 {text!r}") from None
 
 
 def _caps(cap) -> str:
