@@ -157,8 +157,8 @@ class FakeDaemon:
 
 
 @pytest.fixture
-def fake_server(tmp_path):
-    server = ApiServer(f"unix://{tmp_path}/t.sock")
+def fake_server(public_dir):
+    server = ApiServer(f"unix://{public_dir}/t.sock")
     commands.register(server, FakeDaemon())
     server.start()
     stop = threading.Event()
@@ -169,7 +169,7 @@ def fake_server(tmp_path):
             time.sleep(0.01)
     t = threading.Thread(target=loop, daemon=True)
     t.start()
-    yield f"unix://{tmp_path}/t.sock"
+    yield f"unix://{public_dir}/t.sock"
     stop.set()
     t.join()
     server.stop()
@@ -199,3 +199,25 @@ def test_a_second_daemon_on_the_same_socket_is_refused(daemon, start_daemon):
     assert second.proc.wait(60) != 0
     assert "another daemon is already listening on this socket" in second.log_text()
     assert client.call(f"unix://{daemon.sock}", "status")["pid"] == daemon.proc.pid
+
+
+CALL_AS = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(json.dumps({"op": sys.argv[2], "args": {"name": "base"}}).encode() + b"\\n")
+print(s.makefile().readline().strip())
+"""
+
+
+def test_policy_changes_need_root(fake_server):
+    path = fake_server[len("unix://"):]
+
+    def call_as_group_member(op):     # uid 65534 in the socket's group (root's group here)
+        r = subprocess.run(["/usr/bin/python3", "-c", CALL_AS, path, op], user=65534, group=0,
+                           extra_groups=[], capture_output=True, text=True, timeout=20)
+        return json.loads(r.stdout)
+    assert call_as_group_member("tracingpolicy.list") == {"ok": True, "result": [{"name": "base", "state": "enabled"}]}
+    assert call_as_group_member("tracingpolicy.disable") == {
+        "ok": False, "error": "tracingpolicy.disable needs root (uid 65534 may only read)"}
+    assert client.call(fake_server, "tracingpolicy.list") == [{"name": "base", "state": "enabled"}]

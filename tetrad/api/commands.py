@@ -1,6 +1,6 @@
 """The commands the daemon serves on its socket besides the event stream:
 `status` always; `tracingpolicy.list|add|delete|enable|disable` when the
-daemon has a policy manager (`daemon.policy_manager`, with list(),
+daemon has a policy manager (changes for root only) (`daemon.policy_manager`, with list(),
 add(path), delete(name), enable(name), disable(name)).  Handlers run in the
 daemon's thread (ApiServer.run_commands)."""
 
@@ -48,6 +48,6 @@ def register(server, daemon) -> None:
     if pm is None:
         return
     server.register("tracingpolicy.list", _policy_call(pm.list, None))
-    server.register("tracingpolicy.add", _policy_call(pm.add, "path"))
+    server.register("tracingpolicy.add", _policy_call(pm.add, "path"), privileged=True)
     for action in ("delete", "enable", "disable"):
-        server.register(f"tracingpolicy.{action}", _policy_call(getattr(pm, action), "name"))
+        server.register(f"tracingpolicy.{action}", _policy_call(getattr(pm, action), "name"), privileged=True)

@@ -21,6 +21,7 @@ import os
 import queue
 import selectors
 import socket
+import struct
 import threading
 from typing import Callable
 
@@ -42,8 +43,9 @@ class ServerError(Exception):
 
 
 class _Client:
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, uid: int):
         self.sock = sock
+        self.uid = uid              # the peer's user id (SO_PEERCRED)
         self.inbuf = bytearray()
         self.out = bytearray()
         self.queue: collections.deque = collections.deque()
@@ -62,6 +64,7 @@ class ApiServer:
         self.path = protocol.parse_address(address)
         self.queue_events = queue_events
         self.commands: dict[str, Callable[[dict], object]] = {}
+        self.privileged: set[str] = set()
         self.dropped_total = 0
         self.clients_total = 0
         self._subscribers: tuple[_Client, ...] = ()
@@ -75,10 +78,14 @@ class ApiServer:
         self._thread: threading.Thread | None = None
 
     # -- set-up --------------------------------------------------------------
-    def register(self, op: str, handler: Callable[[dict], object]) -> None:
+    def register(self, op: str, handler: Callable[[dict], object], privileged: bool = False) -> None:
         """`handler(args)` runs in the daemon's thread; its return value is the
-        reply's result; a ValueError/KeyError/OSError becomes the reply's error."""
+        reply's result; a ValueError/KeyError/OSError becomes the reply's error.
+        A privileged command is refused to peers other than root: the socket's
+        group may read events, not change what the daemon enforces."""
         self.commands[op] = handler
+        if privileged:
+            self.privileged.add(op)
 
     def start(self) -> None:
         self._listener = self._bind()
@@ -214,7 +221,9 @@ class ApiServer:
                 log.warning("API accept failed: %s", e)
                 return
             sock.setblocking(False)
-            c = _Client(sock)
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            _pid, uid, _gid = struct.unpack("3i", creds)
+            c = _Client(sock, uid)
             self._clients[sock.fileno()] = c
             self.clients_total += 1
             self._sel.register(sock, selectors.EVENT_READ, c)
@@ -251,6 +260,8 @@ class ApiServer:
             return
         if op == "getevents":
             self._subscribe(c, args)
+        elif op in self.privileged and c.uid != 0:
+            self._reply_and_close(c, protocol.error(f"{op} needs root (uid {c.uid} may only read)"))
         elif op in self.commands:
             c.close_after_flush = True
             self._pending.put((c, op, args))
