@@ -214,16 +214,22 @@ class Daemon:
                             "Raise --rb-size.", total - before, kind, total)
         self.lost_reported = lost
         self._report_rate_limit()
-        pm = getattr(self, "policy_manager", None)
-        if pm is not None:
-            try:
-                self.policies_snapshot = api_commands.to_jsonable(pm.list())
-            except Exception as e:
-                log.warning("cannot list policies: %s", e)
+        self._refresh_policies()
         now = time.monotonic()
         self._rate_samples = [s for s in self._rate_samples if now - s[0] <= RATE_WINDOW_S]
         self._rate_samples.append((now, dict(self.event_stats.by_type)))
         self.write_status()
+
+    def _refresh_policies(self) -> None:
+        """Policies and their state, kept for status and for metrics (read
+        from the metrics thread, so a snapshot rather than a live call)."""
+        pm = getattr(self, "policy_manager", None)
+        if pm is None:
+            return
+        try:
+            self.policies_snapshot = api_commands.to_jsonable(pm.list())
+        except Exception as e:
+            log.warning("cannot list policies: %s", e)
 
     def events_per_second(self) -> tuple[dict, float]:
         """Events per second by type over the last RATE_WINDOW_S, and the window."""
@@ -235,6 +241,7 @@ class Daemon:
 
     def status(self) -> dict:
         from .probe import hook_choices
+        self._refresh_policies()
         rates, window = self.events_per_second()
         containerd = getattr(self, "containerd", None)
         return {
