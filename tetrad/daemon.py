@@ -214,15 +214,14 @@ class Daemon:
                             "Raise --rb-size.", total - before, kind, total)
         self.lost_reported = lost
         self._report_rate_limit()
-        self._refresh_policies()
         now = time.monotonic()
         self._rate_samples = [s for s in self._rate_samples if now - s[0] <= RATE_WINDOW_S]
         self._rate_samples.append((now, dict(self.event_stats.by_type)))
         self.write_status()
 
     def _refresh_policies(self) -> None:
-        """Policies and their state, kept for status and for metrics (read
-        from the metrics thread, so a snapshot rather than a live call)."""
+        """Policies and their state, for status; kept for metrics, which read
+        from their own thread (status runs every second, in write_status)."""
         pm = getattr(self, "policy_manager", None)
         if pm is None:
             return
