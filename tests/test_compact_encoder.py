@@ -16,8 +16,14 @@ VECTORS = json.loads((Path(__file__).parent / "data" / "compact_vectors.json").r
 
 @pytest.mark.parametrize("vec", VECTORS, ids=[v["name"] for v in VECTORS])
 def test_golden(vec):
-    enc = CompactEncoder(color=vec.get("color", "never"), timestamps=vec.get("timestamps", False))
-    assert enc.encode(vec["event"]) == vec["expected"]
+    enc = CompactEncoder(color=vec.get("color", "never"), timestamps=vec.get("timestamps", False),
+                         stack_traces=vec.get("stack_traces", True), ima_hash=vec.get("ima_hash", True))
+    if vec.get("full"):
+        assert enc.encode_full(vec["event"]) == vec["expected"]
+    elif vec.get("trailer"):
+        assert enc.stack_trace_lines(vec["event"]) + enc.ima_hash_lines(vec["event"]) == vec["expected"]
+    else:
+        assert enc.encode(vec["event"]) == vec["expected"]
 
 
 def test_every_kind_has_a_vector():

@@ -29,10 +29,20 @@ def run(*args, stdin=None, file=None):
     return r.stdout.decode().splitlines(), r.stderr.decode()
 
 
+STACK = ["Kernel:", "   0xffffffffbffffd68: tcp_connect+0x68"]
+
+
 def test_compact_all_kinds_and_journal_noise():
-    out, err = run("-o", "compact")
+    out, err = run("-o", "compact", "--stack-traces=false")
     assert out == list(LINES.values())
     assert "skipped 1 lines that are not JSON events" in err
+
+
+def test_stack_traces_are_printed_by_default():
+    out, _ = run("-o", "compact", "-e", "PROCESS_KPROBE")
+    assert out == [LINES["connect"], *STACK, LINES["read"]]
+    out, _ = run("-o", "compact", "-e", "PROCESS_KPROBE", "--stack-traces", "false")
+    assert out == [LINES["connect"], LINES["read"]]
 
 
 @pytest.mark.parametrize("flags,expected", [
@@ -43,13 +53,13 @@ def test_compact_all_kinds_and_journal_noise():
     (["--process", "cat$", "--process", "rm"], ["exec_host", "read", "exit_host", "tracepoint"]),
     (["--processes", "curl,rm"], ["exec_pod", "connect", "exit_pod", "tracepoint"]),
     (["--policy-names", "file-monitoring,connect"], ["connect", "read"]),
-    (["--event-types", "PROCESS_KPROBE", "-e", "RATE_LIMIT_INFO"], ["connect", "read", "ratelimit"]),
+    (["--event-types", "PROCESS_TRACEPOINT", "-e", "RATE_LIMIT_INFO"], ["tracepoint", "ratelimit"]),
     (["--pids", "300"], ["exec_host", "read", "exit_host"]),
     (["--namespace-regex", "^def"], ["exec_pod", "connect", "exit_pod"]),
     (["--namespace", "default", "--event-types", "PROCESS_EXIT"], ["exit_pod"]),
 ])
 def test_filters(flags, expected):
-    out, _ = run("-o", "compact", *flags)
+    out, _ = run("-o", "compact", "--stack-traces=false", *flags)
     assert out == [LINES[k] for k in expected]
 
 
@@ -68,7 +78,7 @@ def test_json_output_and_fields():
 
 
 def test_timestamps_and_colour():
-    out, _ = run("-o", "compact", "--timestamps", "-e", "PROCESS_KPROBE")
+    out, _ = run("-o", "compact", "--timestamps", "-e", "PROCESS_KPROBE", "--stack-traces=false")
     assert out == ["2024-03-01T10:00:01.200000000Z " + LINES["connect"],
                    "2024-03-01T10:00:03.500000000Z " + LINES["read"]]
     out, _ = run("-o", "compact", "--color", "always", "--pids", "300", "-e", "PROCESS_KPROBE")

@@ -146,6 +146,29 @@ v("color exit signal", {"process_exit": {"process": {"binary": "/bin/ls"}, "sign
   color="always")
 v("color throttle", {"process_throttle": {"type": "THROTTLE_STOP", "cgroup": "c"}},
   "\x1b[31m🧬 throttle\x1b[0m \x1b[32mSTOP \x1b[0m c", color="always")
+# What tetra prints below the line (full output, newline included)
+ST = kp("security_bprm_check", [{"file_arg": {"path": "/x"}}])
+ST["process_kprobe"]["kernel_stack_trace"] = [{"address": "18446744072635809128", "offset": "104", "symbol": "security_bprm_check"},
+                                              {"address": "18446744072636000000", "offset": "0", "symbol": "bad sym"}]
+ST["process_kprobe"]["user_stack_trace"] = [{"address": "140000000000", "offset": "4096", "symbol": "main", "module": "/usr/bin/curl"},
+                                            {"address": "140000000001", "offset": "16", "module": "/lib/libc.so.6"}]
+v("stack traces", ST, "❓ syscall kube-system/tetragon /usr/bin/curl security_bprm_check\n"
+  "Kernel:\n   0xffffffffbffffd68: security_bprm_check+0x68\n   0xffffffffc002e700: \"bad sym\"+0x0\n"
+  "User:\n   0x2098a67800: main (/usr/bin/curl+0x1000)\n   0x2098a67801: (/lib/libc.so.6+0x10)\n", full=True)
+v("stack traces colour", ST, "Kernel:\n\x1b[32m   0xffffffffbffffd68:\x1b[0m\x1b[34m security_bprm_check\x1b[0m+\x1b[33m0x68\n\x1b[0m"
+  "\x1b[32m   0xffffffffc002e700:\x1b[0m\x1b[34m \"bad sym\"\x1b[0m+\x1b[33m0x0\n\x1b[0m"
+  "User:\n\x1b[32m   0x2098a67800:\x1b[0m\x1b[34m main\x1b[0m\x1b[33m (/usr/bin/curl+0x1000)\n\x1b[0m"
+  "\x1b[32m   0x2098a67801:\x1b[0m\x1b[33m (/lib/libc.so.6+0x10)\n\x1b[0m", trailer=True, color="always")
+v("stack traces off", ST, "❓ syscall kube-system/tetragon /usr/bin/curl security_bprm_check\n", full=True, stack_traces=False)
+IMA = {"process_lsm": {"process": PK, "function_name": "bprm_check_security", "ima_hash": "sha256:abcd",
+                       "args": [{"linux_binprm_arg": {"path": "/usr/bin/my tool"}}]}}
+v("ima hash", IMA, '🔒 LSM     kube-system/tetragon /usr/bin/curl bprm_check_security\n   "/usr/bin/my tool" sha256:abcd\n', full=True)
+IMA2 = {"process_lsm": {"process": PK, "function_name": "file_open", "ima_hash": "sha1:00",
+                        "args": [{"file_arg": {"path": "/etc/passwd"}}]}}
+v("ima hash file", IMA2, "🔒 LSM     kube-system/tetragon /usr/bin/curl file_open\n   /etc/passwd sha1:00\n", full=True)
+v("ima hash off", IMA2, "🔒 LSM     kube-system/tetragon /usr/bin/curl file_open\n", full=True, ima_hash=False)
+IMA3 = {"process_lsm": {"process": PK, "function_name": "task_alloc", "ima_hash": "sha1:00", "args": []}}
+v("ima hash other hook", IMA3, "🔒 LSM     kube-system/tetragon /usr/bin/curl task_alloc\n", full=True)
 # Events recorded from a tetrad daemon on the development machine
 REC = [json.loads(l) for l in open("tetrad_recorded_events.jsonl")]
 v("recorded tetrad exec", REC[0],

@@ -31,6 +31,16 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _go_bool(text: str) -> bool:
+    """A Go boolean flag value (`--stack-traces=false`)."""
+    word = text.strip().lower()
+    if word in ("1", "t", "true"):
+        return True
+    if word in ("0", "f", "false"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 class _Append(argparse.Action):
     """A string-slice flag as in tetra: repeatable and comma-separated."""
 
@@ -42,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", choices=("json", "compact"), default="json", help="output format")
     p.add_argument("--color", choices=COLOR_MODES, default="auto", help="colorize compact output")
     p.add_argument("--timestamps", action="store_true", help="include timestamps in compact output")
+    p.add_argument("--stack-traces", type=_go_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                   help="include stack traces in compact output (default true)")
+    p.add_argument("--ima-hash", type=_go_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                   help="include IMA hashes in compact output (default true)")
     for flags, dest, text in [
         (("-f", "--include-fields"), "include_fields", "include only these fields in events"),
         (("-F", "--exclude-fields"), "exclude_fields", "exclude these fields from events"),
@@ -102,7 +116,10 @@ def build_field_filters(args) -> list[dict]:
 class Printer:
     def __init__(self, args, out=sys.stdout):
         self.out = out
-        self.compact = CompactEncoder(args.color, args.timestamps, out) if args.output == "compact" else None
+        self.compact = None
+        if args.output == "compact":
+            self.compact = CompactEncoder(args.color, args.timestamps, out,
+                                          stack_traces=args.stack_traces, ima_hash=args.ima_hash)
         self.warned = 0
 
     def event(self, event: dict | None, line: str) -> None:
@@ -115,7 +132,7 @@ class Printer:
             if event is None:
                 event = json.loads(line)
             try:
-                self.out.write(self.compact.encode(event) + "\n")
+                self.out.write(self.compact.encode_full(event))
             except EncodeError as e:
                 # tetra stops here; one odd event should not end a long watch
                 print(f"getevents: cannot render event ({e}): {line[:200]}", file=sys.stderr)

@@ -37,6 +37,10 @@ _CODES = {"red": 31, "green": 32, "yellow": 33, "blue": 34, "magenta": 35, "cyan
 _NS_NAMES = {0: "any", 0x2000000: "cgroup", 0x8000000: "ipc", 0x40000000: "net", 0x20000: "mnt",
              0x20000000: "pid", 0x80: "time", 0x10000000: "user", 0x4000000: "uts"}
 _SYSCALL_PREFIXES = ("__x64_", "__arm64_", "__ia32_")
+# LSM hooks whose first argument names the file an IMA hash belongs to.
+_IMA_BINPRM_HOOKS = ("bprm_check_security", "bprm_committed_creds", "bprm_committing_creds",
+                     "bprm_creds_for_exec", "bprm_creds_from_file")
+_IMA_FILE_HOOKS = ("file_ioctl", "file_lock", "file_open", "file_post_open", "file_receive", "mmap_file")
 
 
 class EncodeError(ValueError):
@@ -104,17 +108,72 @@ def _sub(arg, key: str):
 
 
 class CompactEncoder:
-    def __init__(self, color: str = "never", timestamps: bool = False, stream=None):
+    def __init__(self, color: str = "never", timestamps: bool = False, stream=None,
+                 stack_traces: bool = True, ima_hash: bool = True):
         if color not in COLOR_MODES:
             raise ValueError(f"color must be one of {', '.join(COLOR_MODES)}")
         self.c = Colorer(color_enabled(color, stream))
         self.timestamps = timestamps
+        self.stack_traces = stack_traces
+        self.ima_hash = ima_hash
 
     def encode(self, event: dict) -> str:
+        """The event's line, without newline."""
         line = self.render(event)
         if self.timestamps:
             line = f"{timestamp(event)} {line}"
         return line
+
+    def encode_full(self, event: dict) -> str:
+        """What tetra writes for the event: the line, a newline, then the stack
+        traces and IMA hash lines it prints below some events."""
+        text = self.encode(event) + "\n"
+        if self.stack_traces:
+            text += self.stack_trace_lines(event)
+        if self.ima_hash:
+            text += self.ima_hash_lines(event)
+        return text
+
+    def _fprintf(self, color: str, text: str) -> str:
+        # fatih/color's Fprintf: the reset comes after the text, newline included
+        return self.c.paint(color, text)
+
+    def stack_trace_lines(self, event: dict) -> str:
+        body = event.get("process_kprobe")
+        if not isinstance(body, dict):
+            return ""
+        out = []
+        kernel = body.get("kernel_stack_trace") or []
+        if kernel:
+            out.append("Kernel:\n")
+            for st in kernel:
+                out.append(self._fprintf("green", f"   0x{go_number(st.get('address')):x}:"))
+                out.append(self._fprintf("blue", f" {maybe_quote(st.get('symbol', ''))}"))
+                out.append("+")
+                out.append(self._fprintf("yellow", f"0x{go_number(st.get('offset')):x}\n"))
+        user = body.get("user_stack_trace") or []
+        if user:
+            out.append("User:\n")
+            for st in user:
+                out.append(self._fprintf("green", f"   0x{go_number(st.get('address')):x}:"))
+                if st.get("symbol"):
+                    out.append(self._fprintf("blue", f" {maybe_quote(st['symbol'])}"))
+                out.append(self._fprintf("yellow", f" ({maybe_quote(st.get('module', ''))}"
+                                                   f"+0x{go_number(st.get('offset')):x})\n"))
+        return "".join(out)
+
+    def ima_hash_lines(self, event: dict) -> str:
+        body = event.get("process_lsm")
+        if not isinstance(body, dict) or not body.get("ima_hash"):
+            return ""
+        function = body.get("function_name", "")
+        key = ("linux_binprm_arg" if function in _IMA_BINPRM_HOOKS else
+               "file_arg" if function in _IMA_FILE_HOOKS else None)
+        path = (_sub(_arg(body, 0), key) or {}).get("path", "") if key else ""
+        if not path:
+            return ""
+        return (self._fprintf("green", f"   {maybe_quote(path)}")
+                + self._fprintf("blue", f" {body['ima_hash']}\n"))
 
     # -- pieces shared by every kind ----------------------------------------------
     def _event(self, emoji: str, name: str, color: str = "blue") -> str:
