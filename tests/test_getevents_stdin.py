@@ -121,3 +121,18 @@ def test_follows_a_live_pipe():
     finally:
         ge.proc.stdin.close()
         ge.stop()
+
+
+def test_tty_encode_writes_the_terminal_data(tmp_path):
+    import base64
+    evs = [{"process_kprobe": {"process": {"binary": "/bin/bash"}, "function_name": "tty_write",
+                               "args": [{"file_arg": {"path": "/dev/pts/3"}},
+                                        {"bytes_arg": base64.b64encode(data).decode()}]}}
+           for data in (b"ls -l\r\n", b"\x1b[1mbold\x1b[0m")]
+    evs.insert(1, {"process_kprobe": {"process": {"binary": "/bin/bash"}, "function_name": "tty_write",
+                                      "args": [{"file_arg": {"path": "/dev/pts/4"}}, {"bytes_arg": "eA=="}]}})
+    f = tmp_path / "tty.jsonl"
+    f.write_text("".join(json.dumps(e) + "\n" for e in evs) + EVENTS.read_text())
+    with open(f, "rb") as stdin:
+        r = subprocess.run(tetrad_cmd() + ["getevents", "-t", "/dev/pts/3"], stdin=stdin, capture_output=True)
+    assert r.stdout == b"ls -l\r\n\x1b[1mbold\x1b[0m"

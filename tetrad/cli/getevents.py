@@ -18,7 +18,7 @@ import time
 
 from .. import config as config_mod
 from ..api import client, protocol
-from ..encoder.compact import COLOR_MODES, CompactEncoder, EncodeError
+from ..encoder.compact import COLOR_MODES, CompactEncoder, EncodeError, tty_bytes
 from ..eventtypes import KIND_BY_NAME
 from ..filters.fields import FieldFilter, apply_all
 from ..filters.jsonlines import FilterError
@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", choices=("json", "compact"), default="json", help="output format")
     p.add_argument("--color", choices=COLOR_MODES, default="auto", help="colorize compact output")
     p.add_argument("--timestamps", action="store_true", help="include timestamps in compact output")
+    p.add_argument("-t", "--tty-encode", default="", metavar="PATH",
+                   help="write the data written to this terminal (kprobe events on it); nothing else")
     p.add_argument("--stack-traces", type=_go_bool, nargs="?", const=True, default=True, metavar="BOOL",
                    help="include stack traces in compact output (default true)")
     p.add_argument("--ima-hash", type=_go_bool, nargs="?", const=True, default=True, metavar="BOOL",
@@ -117,6 +119,7 @@ class Printer:
     def __init__(self, args, out=sys.stdout):
         self.out = out
         self.compact = None
+        self.tty = args.tty_encode
         if args.output == "compact":
             self.compact = CompactEncoder(args.color, args.timestamps, out,
                                           stack_traces=args.stack_traces, ima_hash=args.ima_hash)
@@ -125,6 +128,13 @@ class Printer:
     def event(self, event: dict | None, line: str) -> None:
         if event is not None and protocol.NOTICE_KEY in event:
             print(f"getevents: {event[protocol.NOTICE_KEY].get('message', '')}", file=sys.stderr, flush=True)
+            return
+        if self.tty:
+            data = tty_bytes(event if event is not None else json.loads(line), self.tty)
+            if data:
+                self.out.flush()
+                self.out.buffer.write(data)
+                self.out.buffer.flush()
             return
         if self.compact is None:
             self.out.write(line + "\n")
@@ -181,7 +191,8 @@ def _address(args) -> str:
 
 def _from_daemon(address: str, request: dict, printer: Printer) -> None:
     for line in client.stream_events(address, request):
-        event = json.loads(line) if printer.compact is not None or protocol.NOTICE_KEY in line else None
+        parse = printer.compact is not None or printer.tty or protocol.NOTICE_KEY in line
+        event = json.loads(line) if parse else None
         printer.event(event, line)
 
 

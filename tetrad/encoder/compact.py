@@ -414,6 +414,20 @@ class CompactEncoder:
         return f"{event} {info} {attr}"
 
 
+def tty_bytes(event: dict, tty: str) -> bytes | None:
+    """tetra's --tty-encode: the data of a kprobe whose first argument is the
+    file `tty` (its second argument's bytes), else None."""
+    body = event.get("process_kprobe")
+    if not isinstance(body, dict):
+        return None
+    f = _sub(_arg(body, 0), "file_arg")
+    if (f.get("path", "") if f is not None else "") != tty:
+        return None
+    data = _arg(body, 1)
+    raw = data.get("bytes_arg") if data is not None else None
+    return _bytes_field(raw) if isinstance(raw, str) and raw else b""
+
+
 def _bytes_field(text: str) -> bytes:
     """A protobuf JSON `bytes` value: base64, standard or URL-safe, padding optional."""
     padded = text + "=" * (-len(text) % 4)
