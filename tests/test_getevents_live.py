@@ -12,7 +12,7 @@ import pytest
 
 from tetrad.encoder.goquote import go_quote
 from conftest import Daemon, execs_with
-from userside import getevents, marker_binary, status, wait_subscribers
+from userside import getevents, marker_binary, status, subscriptions, wait_subscribers
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +34,11 @@ def run_marker(marker, *args) -> int:
 
 
 def test_compact_exec_and_exit_lines(live, marker):
+    since = subscriptions(live)
     node = status(live)["node_name"]
     ge = getevents(live, "-o", "compact", "--color", "never", "--process", re.escape(marker.name) + "$")
     try:
-        wait_subscribers(live, 1)
+        wait_subscribers(live, 1, since)
         run_marker(marker, "one two", "x")
         execs = ge.wait_for(lambda l: l.startswith("\U0001F680"), what="exec line")
         exits = ge.wait_for(lambda l: l.startswith("\U0001F4A5"), what="exit line")
@@ -52,9 +53,10 @@ def test_compact_exec_and_exit_lines(live, marker):
 
 
 def test_json_output_is_the_daemons_event(live, marker):
+    since = subscriptions(live)
     ge = getevents(live, "--process", re.escape(marker.name))
     try:
-        wait_subscribers(live, 1)
+        wait_subscribers(live, 1, since)
         run_marker(marker, "json-check")
         line = ge.wait_for(lambda l: '"process_exec"' in l, what="exec json")[0]
     finally:
@@ -68,11 +70,12 @@ def test_json_output_is_the_daemons_event(live, marker):
 
 
 def test_event_types_and_field_filters(live, marker):
+    since = subscriptions(live)
     ge_types = getevents(live, "-e", "PROCESS_EXIT", "--process", re.escape(marker.name))
     ge_fields = getevents(live, "-f", "process.binary,process.pid", "--process", re.escape(marker.name))
     ge_exclude = getevents(live, "-F", "parent,process.arguments", "--process", re.escape(marker.name))
     try:
-        wait_subscribers(live, 3)
+        wait_subscribers(live, 3, since)
         run_marker(marker, "filters")
         exits = ge_types.wait_for(lambda l: '"process_exit"' in l, what="exit")
         fields = ge_fields.wait_for(lambda l: '"process_exec"' in l, what="included fields")
@@ -92,11 +95,12 @@ def test_event_types_and_field_filters(live, marker):
 
 
 def test_pid_filter(live):
+    since = subscriptions(live)
     ge = None
     sleeper = subprocess.Popen(["/bin/sh", "-c", "read x; exec /bin/sleep 0"], stdin=subprocess.PIPE)
     try:
         ge = getevents(live, "--pid", str(sleeper.pid), "-o", "compact", "--color", "never")
-        wait_subscribers(live, 1)
+        wait_subscribers(live, 1, since)
         sleeper.communicate(b"go\n")
         ge.wait_for(lambda l: l.startswith("\U0001F4A5"), what="exit of the pid")
         ge.drain(0.3)
@@ -109,12 +113,13 @@ def test_pid_filter(live):
 def test_namespace_pod_container_policy_filters_exclude_host_events(live, marker):
     """Host processes have no pod: --namespace/--pod/--container/--policy-names
     select none of them, --host selects them."""
+    since = subscriptions(live)
     negative = [getevents(live, *flags, "--process", re.escape(marker.name)) for flags in
                 (["--namespace", "default"], ["--pod", "."], ["--containers", "."],
                  ["--policy-names", "some-policy"], ["--namespace-regex", "."])]
     host = getevents(live, "--host", "--process", re.escape(marker.name))
     try:
-        wait_subscribers(live, len(negative) + 1)
+        wait_subscribers(live, len(negative) + 1, since)
         run_marker(marker, "ns-check")
         host.wait_for(lambda l: '"process_exit"' in l, what="host events")
         time.sleep(0.5)
@@ -126,9 +131,10 @@ def test_namespace_pod_container_policy_filters_exclude_host_events(live, marker
 
 
 def test_timestamps(live, marker):
+    since = subscriptions(live)
     ge = getevents(live, "-o", "compact", "--timestamps", "--process", re.escape(marker.name))
     try:
-        wait_subscribers(live, 1)
+        wait_subscribers(live, 1, since)
         run_marker(marker)
         line = ge.wait_for(lambda l: "\U0001F680" in l, what="exec")[0]
     finally:

@@ -86,9 +86,15 @@ def status(daemon) -> dict:
     return client.call(f"unix://{daemon.sock}", "status")
 
 
-def wait_subscribers(daemon, n: int, timeout=10.0) -> None:
+def subscriptions(daemon) -> int:
+    """How many getevents streams the daemon has started since it began."""
+    return status(daemon)["api"]["subscriptions_total"]
+
+
+def wait_subscribers(daemon, n: int, since: int = 0, timeout=10.0) -> None:
+    """Wait until n more getevents clients than `since` have subscribed."""
     deadline = time.monotonic() + timeout
-    while status(daemon)["api"]["subscribers"] < n:
+    while subscriptions(daemon) < since + n:
         if time.monotonic() > deadline:
             raise AssertionError(f"fewer than {n} getevents clients subscribed")
         time.sleep(0.05)

@@ -1,11 +1,11 @@
 """The daemon's API server: a unix socket (mode 0660, owner root, group
 `tetrad` when that group exists) served by one thread.
 
-The daemon's event path only calls `publish()`, which appends the event to
-each subscribed client's bounded queue and never waits: a client whose queue
-is full loses events, which are counted and announced to it with a notice
-when it catches up.  Filtering, field filtering and writing happen in the
-server thread.  Commands (`status`, `tracingpolicy.*`) run in the daemon's
+The daemon's event path only calls `publish()`, which checks each
+subscribed client's allow/deny filters and appends the events it wants to
+its bounded queue, never waiting: a client whose queue is full loses events,
+which are counted and announced to it with a notice when it catches up.
+Field filtering, encoding and writing happen in the server thread.  Commands (`status`, `tracingpolicy.*`) run in the daemon's
 own thread through `run_commands()`, which the daemon's loop calls, so
 they see consistent daemon state without locks.
 """
@@ -67,6 +67,7 @@ class ApiServer:
         self.privileged: set[str] = set()
         self.dropped_total = 0
         self.clients_total = 0
+        self.subscriptions_total = 0
         self._subscribers: tuple[_Client, ...] = ()
         self._clients: dict[int, _Client] = {}
         self._pending: queue.SimpleQueue = queue.SimpleQueue()     # commands for the daemon thread
@@ -142,7 +143,8 @@ class ApiServer:
 
     def stats(self) -> dict:
         return {"socket": self.path, "clients": len(self._clients), "subscribers": len(self._subscribers),
-                "clients_total": self.clients_total, "dropped_for_slow_clients": self.dropped_total}
+                "clients_total": self.clients_total, "subscriptions_total": self.subscriptions_total,
+                "dropped_for_slow_clients": self.dropped_total}
 
     # -- the daemon's thread ---------------------------------------------------------
     def publish(self, kind: str, event: dict, line: str) -> None:
@@ -151,6 +153,8 @@ class ApiServer:
         if not subscribers:
             return
         for c in subscribers:
+            if (c.allow or c.deny) and not passes(c.allow, c.deny, event):
+                continue
             if len(c.queue) >= self.queue_events:
                 c.dropped += 1
                 self.dropped_total += 1
@@ -279,6 +283,7 @@ class ApiServer:
             self._reply_and_close(c, protocol.error(str(e)))
             return
         c.subscribed = True
+        self.subscriptions_total += 1
         c.out += protocol.ok({"stream": "events"})
         self._subscribers = self._subscribers + (c,)
         self._flush(c)
@@ -297,8 +302,6 @@ class ApiServer:
             if not c.queue:
                 break
             kind, event, line = c.queue.popleft()
-            if not passes(c.allow, c.deny, event):
-                continue
             if c.field_filters:
                 line = json.dumps(apply_all(c.field_filters, event), separators=(",", ":"), ensure_ascii=False)
             c.out += line.encode()
