@@ -115,11 +115,12 @@ class ApiServer:
             raise ServerError(f"cannot listen on {path}: {e.strerror}") from None
         finally:
             os.umask(old)
-        try:
-            gid = grp.getgrnam(SOCKET_GROUP).gr_gid
-        except KeyError:
-            gid = 0
-        os.chown(path, 0, gid)
+        if os.geteuid() == 0:           # a daemon run by hand as a user keeps its own ids
+            try:
+                gid = grp.getgrnam(SOCKET_GROUP).gr_gid
+            except KeyError:
+                gid = 0
+            os.chown(path, 0, gid)
         os.chmod(path, SOCKET_MODE)
         sock.listen(64)
         sock.setblocking(False)
