@@ -84,3 +84,8 @@ def test_auto_colour_is_on_for_a_terminal(monkeypatch):
                 {"process_exec": {"process": {"binary": "/bin/x"}}})
     finally:
         os.close(master)
+
+
+def test_undecodable_bytes_render_as_replacement_characters():
+    assert maybe_quote("/tmp/a\udcffb") == "/tmp/a\ufffdb"
+    assert go_quote("a b\udcff") == '"a b\ufffd"'

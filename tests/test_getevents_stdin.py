@@ -136,3 +136,13 @@ def test_tty_encode_writes_the_terminal_data(tmp_path):
     with open(f, "rb") as stdin:
         r = subprocess.run(tetrad_cmd() + ["getevents", "-t", "/dev/pts/3"], stdin=stdin, capture_output=True)
     assert r.stdout == b"ls -l\r\n\x1b[1mbold\x1b[0m"
+
+
+def test_invalid_utf8_and_c_locale(tmp_path):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_bytes(b'{"process_exec":{"process":{"binary":"/bin/\xff\xfe","arguments":"ok"}},"node_name":"n"}\n')
+    with open(raw, "rb") as f:
+        r = subprocess.run(tetrad_cmd() + ["getevents", "-o", "compact"], stdin=f, capture_output=True,
+                           env={"PATH": "/usr/bin:/bin", "LANG": "C", "LC_ALL": "C"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode() == "\U0001F680 process n /bin/\ufffd\ufffd ok\n"

@@ -205,6 +205,9 @@ def main(args) -> int:
     except FilterError as e:
         print(f"tetrad getevents: {e}", file=sys.stderr)
         return 2
+    # tetra writes UTF-8 whatever the locale; undecodable input bytes are replaced
+    sys.stdout.reconfigure(encoding="utf-8")
+    sys.stdin.reconfigure(encoding="utf-8", errors="replace")
     printer = Printer(args)
     try:
         if _stdin_is_data() and args.file is None:

@@ -9,7 +9,7 @@ _ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
 
 def go_quote(s: str) -> str:
     out = ['"']
-    for ch in s:
+    for ch in _valid(s):
         esc = _ESCAPES.get(ch)
         if esc is not None:
             out.append(esc)
@@ -27,9 +27,18 @@ def go_quote(s: str) -> str:
     return "".join(out)
 
 
+def _valid(s: str) -> str:
+    """Lone surrogates (undecodable bytes kept by surrogateescape) become
+    U+FFFD, as Go sees invalid UTF-8."""
+    if any("\ud800" <= ch <= "\udfff" for ch in s):
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in s)
+    return s
+
+
 def maybe_quote(s: str) -> str:
     """Quote strings holding a space or a non-printable character (tetra's
     maybeQuote); others pass unchanged."""
+    s = _valid(s)
     for ch in s:
         if ch == " " or not ch.isprintable():
             return go_quote(s)
