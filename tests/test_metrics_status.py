@@ -52,6 +52,8 @@ def test_metrics_after_a_known_workload(start_daemon, tmp_path):
     assert after["tetrad_export_ratelimit_events_dropped_total"] == 2 * n - len(exported)
     assert after["tetrad_export_ratelimit_events_dropped_total"] == status(d)["export"]["rate_limit_dropped"]
     assert after["tetrad_export_filtered_events_total"] > 0
+    assert after["tetrad_events_exported_total"] == len(exported)
+    assert after["tetrad_events_exported_bytes_total"] == d.export.stat().st_size
     assert after["tetrad_process_cache_size"] > 0
     assert after["tetrad_process_cache_capacity"] == 65536
     lost = status(d)["lost_in_kernel"]

@@ -21,6 +21,7 @@ def test_policy_events_by_policy_and_hook():
     for kind, ev in events:
         stats.count(kind, ev)
     daemon = SimpleNamespace(event_stats=stats, sensor=None, export_controls=None, api=None, cache=None,
+                             exporters=None,
                              cfg=SimpleNamespace(process_cache_size=100),
                              policies_snapshot=[{"name": "fs", "state": "enabled"},
                                                 {"name": "old", "state": "disabled"}])

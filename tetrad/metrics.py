@@ -97,6 +97,11 @@ class DaemonCollector:
         yield CounterMetricFamily("tetrad_export_filtered_events",
                                   "Number of events the export allow/deny lists filtered out",
                                   value=export.filtered_out if export else 0)
+        outputs = (d.exporters.stats().get("exporters", []) if getattr(d, "exporters", None) else [])
+        yield CounterMetricFamily("tetrad_events_exported", "Total number of events exported",
+                                  value=sum(o.get("lines_written", 0) for o in outputs))
+        yield CounterMetricFamily("tetrad_events_exported_bytes", "Number of bytes exported for events",
+                                  value=sum(o.get("bytes_written", 0) for o in outputs))
         api = d.api
         yield CounterMetricFamily("tetrad_api_slow_client_events_dropped",
                                   "Events dropped for API clients that fell behind",
