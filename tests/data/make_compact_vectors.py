@@ -172,8 +172,8 @@ v("ima hash other hook", IMA3, "🔒 LSM     kube-system/tetragon /usr/bin/curl 
 # Events recorded from a tetrad daemon on the development machine
 REC = [json.loads(l) for l in open("tetrad_recorded_events.jsonl")]
 v("recorded tetrad exec", REC[0],
-  '🚀 process vm /work/main/.venv/bin/tetrad "/work/main/.venv/bin/tetrad probe '
-  '--server-address=unix:///tmp/pytest-of-root/pytest-50/test_probe_text_with_a_running0/run/tetrad.sock"')
+  '🚀 process vm /opt/tetrad/.venv/bin/tetrad "/opt/tetrad/.venv/bin/tetrad probe '
+  '--server-address=unix:///tmp/t/run/tetrad.sock"')
 v("recorded tetrad exit by signal", REC[1], '💥 exit    vm /bin/sh "-c \\"sleep 30; true\\" mf96361379258" SIGKILL')
 v("recorded tetrad exit status", REC[2], '💥 exit    vm /bin/sh "-c \\"exit 3\\" m8232e61ee3cc \\"a b\\" c\\nd" 3')
 v("recorded tetrad exit timestamps", REC[2], REC[2]["time"][:-1].ljust(29, "0") + 'Z 💥 exit    vm /bin/sh "-c \\"exit 3\\" m8232e61ee3cc \\"a b\\" c\\nd" 3',
