@@ -268,6 +268,9 @@ OPTIONS: list[Option] = [
            "log output format", choices=("text", "json")),
     Option("server-address", "str", "unix:///run/tetrad/tetrad.sock",
            "listen address of the API server"),
+    Option("api-client-queue", "int", 8192,
+           "events queued for each getevents client before it loses events "
+           "(a client that falls behind never slows the daemon)", minimum=1),
     Option("export-allowlist", "str", "",
            "JSON filters; only matching events are exported"),
     Option("export-denylist", "str", "",
@@ -278,6 +281,9 @@ OPTIONS: list[Option] = [
            "JSON filters of values to redact from exported events"),
     Option("export-rate-limit", "int", -1,
            "maximum events exported per minute (-1: unlimited)", minimum=-1),
+    Option("export-rate-limit-interval", "duration", "1m",
+           "the window of --export-rate-limit and how often rate_limit_info events "
+           "report what it dropped (tetrad only; Tetragon's is fixed at 1m)"),
     Option("metrics-server", "str", "",
            "address to serve Prometheus metrics on, e.g. :2112 (empty: off)"),
     Option("enable-k8s-api", "bool", False,
