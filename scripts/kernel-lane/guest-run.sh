@@ -27,9 +27,10 @@ export KERNEL_LANE_SHARED_DAEMON=1
 # What this kernel must offer; tests/test_backends.py fails if detection disagrees.
 export KERNEL_LANE_EXPECT_HOOKS=kprobes,kretprobes,fentry,bpf_lsm
 
-python3 -m tetrad probe -o json >"$results/probe.json" 2>"$results/probe.err"
 python3 -m tetrad probe >"$results/probe.txt" 2>&1
 say "probe exit $? after $(cut -d' ' -f1 /proc/uptime)s"
+say "struct layouts from this kernel's BTF: task_struct.tgid at $(python3 -c \
+    'from tetrad.btf import Btf; print(Btf.load().member_offset("task_struct", "tgid"))')"
 sed 's/^/TETRAD-LANE: probe: /' "$results/probe.txt"
 
 # The selection: scripts/kernel-lane/tests.txt (test paths; "-path  reason" deselects).
@@ -42,15 +43,15 @@ while read -r entry reason; do
     esac
 done <scripts/kernel-lane/tests.txt
 say "pytest $*"
-python3 -m pytest -v -p no:cacheprovider -rA --junitxml="$results/junit.xml" "$@" \
-    >"$results/pytest.log" 2>&1
-rc=$?
-# Progress for the console: one line per test outcome.
-grep -E '(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)( |$)' "$results/pytest.log" | grep '::' \
-    | sed 's/^/TETRAD-LANE: /'
+# Live progress on the console, one line per test; the full log goes back in the results.
+{ PYTHONUNBUFFERED=1 python3 -m pytest -v -p no:cacheprovider -rfEs \
+      --junitxml="$results/junit.xml" "$@" 2>&1; echo $? >"$results/pytest.rc"; } \
+    | tee "$results/pytest.log" \
+    | grep --line-buffered -E '::[^ ]* (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)' \
+    | sed -u 's/^/TETRAD-LANE: /'
+rc=$(cat "$results/pytest.rc")
 tail -3 "$results/pytest.log" | sed 's/^/TETRAD-LANE: /'
 dmesg >"$results/dmesg.txt" 2>&1
-echo "$rc" >"$results/pytest.rc"
 tar -cf /dev/vdc -C "$results" .
 sync
 say "done pytest-rc=$rc uptime=$(cut -d' ' -f1 /proc/uptime)s"
