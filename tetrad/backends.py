@@ -104,44 +104,7 @@ def choose(features, kind: str, name: str = "", *, syscall: bool = False,
         return Choice(kind, name, None, "", reason)
 
     if kind in ("kprobe", "kretprobe"):
-        ret = kind == "kretprobe"
-        function = syscall_function(name) if syscall else name
-        candidates = []  # (family, backend, target, available, why-not)
-        probe_cap = "kretprobes" if ret else "kprobes"
-        candidates.append(("kprobe", kind, function, getattr(features, probe_cap),
-                           _why_not(features, probe_cap)))
-        fentry_ok = features.fentry and in_btf is not False
-        fentry_why = (f"{function} has no BTF FUNC record" if features.fentry
-                      else _why_not(features, "fentry"))
-        candidates.append(("fentry", "fexit" if ret else "fentry", function, fentry_ok, fentry_why))
-        if syscall:
-            tp = f"syscalls:sys_{'exit' if ret else 'enter'}_{_bare_syscall(name)}"
-            candidates.append(("tracepoint", "tracepoint", tp, features.syscall_tracepoints,
-                               _why_not(features, "syscall_tracepoints")))
-        elif not ret and name in equivalents:
-            tp, caveat = equivalents[name]
-            candidates.append(("tracepoint", "tracepoint", tp, features.tracepoints,
-                               _why_not(features, "tracepoints")))
-        else:
-            candidates.append(("tracepoint", "tracepoint", "", False,
-                               f"no tracepoint equivalent of {name or 'this function'}"
-                               + (" return" if ret else "")))
-        if force != "auto":
-            for family, backend, target, ok, why in candidates:
-                if family == force:
-                    if ok:
-                        return pick(backend, target, f"forced by hook-backend={force}")
-                    return refuse(f"hook-backend={force} forced, but {why}")
-        refused = []
-        for family, backend, target, ok, why in candidates:
-            if ok:
-                reason = "preferred" if not refused else "; ".join(refused)
-                if family == "tracepoint" and not syscall:
-                    reason += f"; equivalent with a difference: {equivalents[name][1]}"
-                return pick(backend, target, reason)
-            refused.append(f"no {family}: {why}")
-        return refuse("; ".join(refused))
-
+        return _choose_function(features, kind, name, syscall, force, in_btf, equivalents)
     if kind == "lsm":
         if features.bpf_lsm:
             return pick("bpf_lsm", name, "BPF LSM loads on this kernel")
@@ -158,6 +121,48 @@ def choose(features, kind: str, name: str = "", *, syscall: bool = False,
     if features.uprobes:  # uprobe
         return pick("uprobe", name, "uprobes attach")
     return refuse(_why_not(features, "uprobes"))
+
+
+def _choose_function(features, kind, name, syscall, force, in_btf, equivalents) -> Choice:
+    """kprobe/kretprobe hooks: the first available of kprobe, fentry, tracepoint."""
+    ret = kind == "kretprobe"
+    function = syscall_function(name) if syscall else name
+    probe_cap = "kretprobes" if ret else "kprobes"
+    # (family, backend, attach target, available, why not)
+    candidates = [("kprobe", kind, function, getattr(features, probe_cap),
+                   _why_not(features, probe_cap))]
+    fentry_why = (f"{function} has no BTF FUNC record" if features.fentry
+                  else _why_not(features, "fentry"))
+    candidates.append(("fentry", "fexit" if ret else "fentry", function,
+                       features.fentry and in_btf is not False, fentry_why))
+    caveat = ""
+    if syscall:
+        tp = f"syscalls:sys_{'exit' if ret else 'enter'}_{_bare_syscall(name)}"
+        candidates.append(("tracepoint", "tracepoint", tp, features.syscall_tracepoints,
+                           _why_not(features, "syscall_tracepoints")))
+    elif not ret and name in equivalents:
+        tp, caveat = equivalents[name]
+        candidates.append(("tracepoint", "tracepoint", tp, features.tracepoints,
+                           _why_not(features, "tracepoints")))
+    else:
+        candidates.append(("tracepoint", "tracepoint", "", False,
+                           f"no tracepoint equivalent of {name or 'this function'}"
+                           + (" return" if ret else "")))
+
+    if force != "auto":
+        family, backend, target, ok, why = next(c for c in candidates if c[0] == force)
+        if ok:
+            return Choice(kind, name, backend, target, f"forced by hook-backend={force}")
+        return Choice(kind, name, None, "", f"hook-backend={force} forced, but {why}")
+    refused = []
+    for family, backend, target, ok, why in candidates:
+        if ok:
+            reason = "; ".join(refused) or "preferred"
+            if caveat and family == "tracepoint":
+                reason += f"; equivalent with a difference: {caveat}"
+            return Choice(kind, name, backend, target, reason)
+        refused.append(f"no {family}: {why}")
+    return Choice(kind, name, None, "", "; ".join(refused))
 
 
 # Hooks shown by `tetrad probe`: one per kind, syscall and plain function apart.
