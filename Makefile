@@ -18,7 +18,7 @@ test: setup
 	$(if $(PYTEST_ARGS),,$(MAKE) --no-print-directory test-kernel)
 
 # The kernel-dependent tests inside Debian's distro kernel (kprobes, fentry, BPF LSM) under
-# qemu: scripts/kernel-lane/run.py.  The guest image is cached in /var/cache/tetrad-test.
+# qemu: scripts/kernel-lane/run.py.  The guest image is cached in /var/cache/tetrad-test/kernel-lane.
 test-kernel:
 	@sh scripts/bootstrap.sh --kernel-lane
 	/usr/bin/python3 scripts/kernel-lane/run.py

@@ -4,7 +4,7 @@
     scripts/kernel-lane/run.py [--cache-dir DIR] [--rebuild] [--timeout S]
 
 1. The guest image (build-image.sh: Debian bookworm, linux-image-cloud-amd64 with its exact
-   headers, BCC, tetrad's Debian dependencies) is cached in DIR/lane-<key>, where the key hashes
+   headers, BCC, tetrad's Debian dependencies) is cached in DIR/<key>, where the key hashes
    everything the image is made from (build-image.sh, guest-init, the package list).  Absent
    or --rebuild: built from scratch, under a lock so that concurrent lanes build it once.
 2. This checkout (tracked and untracked-but-not-ignored files, uncommitted changes included)
@@ -25,6 +25,7 @@ import hashlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -35,7 +36,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-DEFAULT_CACHE = "/var/cache/tetrad-test"
+# Other test set-ups of the project cache in /var/cache/tetrad-test too: the lane keeps to
+# its own subdirectory, lock included.
+DEFAULT_CACHE = "/var/cache/tetrad-test/kernel-lane"
 IMAGE_FILES = ("rootfs.img", "vmlinuz", "initrd.img", "manifest")
 RESULTS_DISK_MB = 64
 PREFIX = "TETRAD-LANE: "
@@ -59,7 +62,7 @@ def image_key() -> str:
 
 def ensure_image(cache: Path, rebuild: bool) -> tuple[Path, float]:
     """The cached image directory; built (seconds > 0) when missing."""
-    key = "lane-" + image_key()
+    key = image_key()
     image = cache / key
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".lock", "w") as lock:
@@ -74,10 +77,9 @@ def ensure_image(cache: Path, rebuild: bool) -> tuple[Path, float]:
         shutil.rmtree(partial, ignore_errors=True)
         subprocess.run(["sh", str(HERE / "build-image.sh"), str(partial)], check=True)
         partial.rename(image)
-        # Lane images of older inputs are no use any more (a running lane keeps its open
-        # file).  Anything else in the cache directory is not ours: left alone.
-        for old in cache.glob("lane-*"):
-            if old.is_dir() and old.name != key:
+        # Images of older inputs are no use any more (a running lane keeps its open file).
+        for old in cache.iterdir():
+            if old.is_dir() and old.name != key and not old.name.startswith("."):
                 shutil.rmtree(old, ignore_errors=True)
         return image, time.monotonic() - started
 
@@ -111,10 +113,15 @@ def qemu_command(image: Path, project_disk: Path, results_disk: Path) -> list[st
     ]
 
 
-def boot(cmd: list[str], console_log: Path, timeout: float) -> tuple[int | None, list[str]]:
-    """Run qemu to completion (or kill it at the timeout); echo the lane's console lines."""
+def boot(cmd: list[str], console_log: Path, timeout: float,
+         boot_timeout: float) -> tuple[int | None, list[str]]:
+    """Run qemu to completion; echo the lane's console lines.  qemu is killed at `timeout`,
+    or at `boot_timeout` if the guest has not reached the lane by then (a guest stuck in
+    the initramfs' rescue shell would otherwise wait for the full timeout)."""
     lines = []
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
+    booted = False
     with open(console_log, "w", errors="replace") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
@@ -132,13 +139,17 @@ def boot(cmd: list[str], console_log: Path, timeout: float) -> tuple[int | None,
                         lines.append(line)
                         if line.startswith(PREFIX):
                             print("  guest: " + line[len(PREFIX):], flush=True)
+                            booted = True
                     log.flush()
                 elif proc.poll() is not None:
                     break
                 else:
                     time.sleep(0.2)
+                if not booted and time.monotonic() > started + boot_timeout:
+                    deadline = 0   # fall through to the kill below
                 if time.monotonic() > deadline:
-                    say(f"TIMEOUT after {timeout:.0f}s: stopping qemu (pid {proc.pid})")
+                    say(f"TIMEOUT after {time.monotonic() - started:.0f}s: stopping qemu "
+                        f"(pid {proc.pid})")
                     proc.kill()
                     proc.wait()
                     return None, lines
@@ -185,8 +196,12 @@ def main() -> int:
     ap.add_argument("--cache-dir", default=os.environ.get("KERNEL_LANE_CACHE", DEFAULT_CACHE))
     ap.add_argument("--rebuild", action="store_true", help="rebuild the guest image")
     ap.add_argument("--timeout", type=float, default=900, help="seconds for boot + tests")
+    ap.add_argument("--boot-timeout", type=float, default=180,
+                    help="seconds for the guest to reach the lane")
     ap.add_argument("--out", default=str(REPO / ".kernel-lane"), help="results directory")
     args = ap.parse_args()
+    # Stopped from outside (CI timeout, Ctrl-C): unwind, so that boot() stops qemu.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     started = time.monotonic()
     image, build_s = ensure_image(Path(args.cache_dir), args.rebuild)
@@ -205,10 +220,10 @@ def main() -> int:
         say(f"booting Debian's kernel under qemu (TCG) with {n} project files")
         boot_started = time.monotonic()
         rc, lines = boot(qemu_command(image, project_disk, results_disk),
-                         out / "console.log", args.timeout)
+                         out / "console.log", args.timeout, args.boot_timeout)
         boot_s = time.monotonic() - boot_started
         if rc is None:
-            problems.append(f"guest did not finish within {args.timeout:.0f}s")
+            problems.append("qemu was stopped at a timeout (see console.log)")
         elif rc != 0:
             problems.append(f"qemu exited with {rc}")
         if not any(line.startswith(PREFIX + "booted") for line in lines):
