@@ -183,12 +183,18 @@ def junit_counts(path: Path) -> dict[str, int]:
     return counts
 
 
-def deselected() -> list[str]:
-    out = []
-    for line in (HERE / "tests.txt").read_text().splitlines():
-        if line.startswith("-"):
-            out.append(line[1:])
-    return out
+def selection(path: Path = HERE / "tests.txt") -> tuple[list[str], dict[str, str]]:
+    """(pytest paths, {deselected test id: reason}) as guest-run.sh reads tests.txt."""
+    paths, deselected = [], {}
+    for line in path.read_text().splitlines():
+        entry, _, reason = line.strip().partition(" ")
+        if not entry or entry.startswith("#"):
+            continue
+        if entry.startswith("-"):
+            deselected[entry[1:]] = reason.strip()
+        else:
+            paths.append(entry)
+    return paths, deselected
 
 
 def main() -> int:
@@ -248,8 +254,8 @@ def main() -> int:
                 problems.append(f"{c['skipped']} test(s) skipped in the guest (the lane skips nothing)")
         else:
             problems.append("no junit.xml from the guest")
-    for d in deselected():
-        say(f"deselected on purpose: {d}")
+    for test, reason in selection()[1].items():
+        say(f"deselected on purpose: {test}: {reason}")
     say(f"timings: image {'build ' + format(build_s, '.0f') + 's' if build_s else 'cached'}, "
         f"boot+tests {boot_s:.0f}s, lane total {time.monotonic() - started:.0f}s; logs in {out}")
     if problems:
