@@ -4,11 +4,16 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-[ "$(id -u)" = 0 ] || { echo "bootstrap: run as root (tetrad loads BPF programs)" >&2; exit 1; }
-
 # Debian packages: BCC is only packaged by Debian (python3-bpfcc), not on PyPI.
 PKGS="python3-bpfcc bpftool python3-venv python3-pip python3-yaml python3-psutil \
 python3-pyroute2 python3-sdnotify python3-pythonjsonlogger python3-prometheus-client util-linux"
+# The kernel lane's guest image installs the same list (scripts/kernel-lane/build-image.sh).
+if [ "${1:-}" = --debian-packages ]; then echo "$PKGS"; exit 0; fi
+# `make test-kernel`: also what builds and boots the kernel lane's guest.
+if [ "${1:-}" = --kernel-lane ]; then PKGS="$PKGS qemu-system-x86 debootstrap e2fsprogs"; fi
+
+[ "$(id -u)" = 0 ] || { echo "bootstrap: run as root (tetrad loads BPF programs)" >&2; exit 1; }
+
 # Kernel headers only when the running kernel has none of its own: BCC needs
 # some headers to compile; tetrad takes struct layouts from BTF, not from them.
 if [ ! -e "/lib/modules/$(uname -r)/build" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
@@ -20,8 +25,10 @@ for p in $PKGS; do
 done
 if [ -n "$missing" ]; then
     echo "bootstrap: installing$missing"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    # Other checkouts on the machine may be installing too: wait for dpkg's lock.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        $missing >/dev/null
 fi
 
 # tracefs: tracepoints are attached through it

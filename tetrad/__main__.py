@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--btf", default="/sys/kernel/btf/vmlinux")
     probe.add_argument("--server-address", default=None,
                        help="the daemon whose counters to show (default: as configured)")
+    probe.add_argument("--hook-backend", default=None,
+                       choices=("auto", "kprobe", "fentry", "tracepoint"),
+                       help="show the choices as if forced (default: as configured)")
     probe.set_defaults(func=_cmd_probe)
 
     from .cli import getevents, tracingpolicy

@@ -253,6 +253,10 @@ OPTIONS: list[Option] = [
            "directory of tracing policies loaded at start-up"),
     Option("tracing-policy", "str", "",
            "one extra tracing policy file loaded at start-up"),
+    Option("hook-backend", "str", "auto",
+           "mechanism for kprobes: hooks: auto (kprobe, else fentry, else a tracepoint "
+           "equivalent; see tetrad probe), or force kprobe, fentry or tracepoint",
+           choices=("auto", "kprobe", "fentry", "tracepoint")),
     Option("rb-size", "size", 0,
            "ring buffer size per CPU, e.g. 64K or 8M (0: automatic, 2 MiB per CPU); "
            "tetrad has one BPF ring buffer of this times the CPU count, rounded up to a power of two"),
