@@ -19,6 +19,7 @@ from . import config as config_mod
 from . import features as features_mod
 from . import offsets, selftest
 from .btf import Btf, BtfError
+from .containers.resolver import ContainerResolver
 from .events import EventBuilder
 from .exporter import build_exporters
 from .observer import Observer
@@ -34,6 +35,7 @@ log = logging.getLogger("tetrad.daemon")
 POLL_MS = 100
 FLUSH_EVERY_S = 0.2
 HOUSEKEEPING_EVERY_S = 1.0
+STARTUP_CONTAINERD_WAIT_S = 3.0   # to name the pods of running processes; events never wait this long
 
 
 class StartupError(Exception):
@@ -66,6 +68,7 @@ class Daemon:
         self.features = None
         self.sensor: ProcessSensor | None = None
         self.exporters = None
+        self.containers: ContainerResolver | None = None
         self._pending: list = []
         self._ready = False
         self._selftest_records: list = []
@@ -101,7 +104,10 @@ class Daemon:
         self.builder = EventBuilder(self.node_name, self.clock, host_namespaces(cfg.procfs),
                                     with_creds=cfg.enable_process_cred, with_ns=cfg.enable_process_ns)
         self.exporters = build_exporters(cfg)
-        self.observer = Observer(self.builder, self.cache, self._sink)
+        self.containers = ContainerResolver(cfg.procfs, self.cgroup_root, cfg.containerd_address)
+        self.containers.start()
+        self.containers.wait_synced(STARTUP_CONTAINERD_WAIT_S)
+        self.observer = Observer(self.builder, self.cache, self._sink, self.containers)
         known = procfs.scan(cfg.procfs, self.cgroup_root)
         for info in known:
             self.observer.add_procfs(info)
@@ -165,6 +171,7 @@ class Daemon:
             "events": dict(self.observer.counts),
             "lost_in_kernel": self.sensor.lost() if self.sensor else {},
             "process_cache": self.cache.stats(),
+            "containers": self.containers.stats() if self.containers else {},
             "exporters": self.exporters.stats() if self.exporters else {},
             "features": self.features.to_dict() if self.features else {},
         }
@@ -193,6 +200,8 @@ class Daemon:
             except Exception:
                 pass
             self.sensor.close()
+        if self.containers is not None:
+            self.containers.close()
         if self.exporters is not None:
             self.exporters.close()
         try:
