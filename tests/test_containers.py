@@ -1,0 +1,211 @@
+"""Pods and containers in events, with a real containerd and runc.
+
+The suite's own containerd (private socket and directories) runs
+Kubernetes-style pods laid out as the CRI plugin does; a real tetrad daemon
+asks it over gRPC.  containerd is then stopped and restarted under the
+daemon's feet."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from conftest import Daemon, execs_with, of_type
+from containerd_env import IMAGE, Containerd, Pod
+from tetrad.features import detect
+
+LABELS = {"app": "xwing", "class": "xwing", "org": "alliance"}
+RFC3339_S = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def marker() -> str:
+    return "m" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="module")
+def ctd(tmp_path_factory):
+    c = Containerd(tmp_path_factory.mktemp("containerd"))
+    c.start()
+    c.import_busybox()
+    c.pods = []
+    yield c
+    if c.proc is None:
+        c.start()
+    for pod in c.pods:
+        pod.remove()
+    c.stop()
+    cgroup_roots = [f"/sys/fs/cgroup/{d}" for d in os.listdir("/sys/fs/cgroup")] + ["/sys/fs/cgroup"]
+    for pod in c.pods:
+        for root in cgroup_roots:
+            for d in (f"{root}/kubepods/besteffort/pod{pod.uid}",):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+
+
+def new_pod(ctd, name="xwing", namespace="default", labels=LABELS) -> tuple[Pod, str]:
+    pod = Pod(ctd, name, namespace, labels)
+    ctd.pods.append(pod)
+    pod.start_sandbox()
+    cid = pod.start_container("spaceship", "sleep", "3600")
+    return pod, cid
+
+
+def execs_of(events, arguments: str) -> list[dict]:
+    """process_exec events of processes run with exactly these arguments
+    (ctr, runc and nsenter carry the marker too, but in other arguments)."""
+    return [{"process_exec": e} for e in of_type(events, "process_exec")
+            if e["process"].get("arguments") == arguments]
+
+
+def in_container(mark: str) -> str:
+    """The arguments of exec_in's shell."""
+    return f'-c "echo $$ > /tmp/nspid-{mark}" {mark}'
+
+
+def in_cgroup(mark: str) -> str:
+    """The arguments of exec_in_cgroup_without_containerd's shell."""
+    return f"-c : {mark}"
+
+
+def exec_in(ctd, cid: str, mark: str) -> int:
+    """`ctr task exec` a shell in the container; returns its pid inside the container."""
+    init = ctd.task_pid(cid)
+    ctd.exec(cid, "sh", "-c", f"echo $$ > /tmp/nspid-{mark}", mark)
+    with open(f"/proc/{init}/root/tmp/nspid-{mark}") as f:
+        return int(f.read())
+
+
+def exec_in_cgroup_without_containerd(init_pid: int, mark: str) -> None:
+    """Start a process in a container's cgroup and namespaces without asking
+    containerd (for when it is down): join the cgroup, then nsenter."""
+    root = detect("/sys/kernel/btf/vmlinux", quick=True).cgroup_v2_root
+    with open(f"/proc/{init_pid}/cgroup") as f:
+        path = [l[3:].strip() for l in f if l.startswith("0::")][0]
+    subprocess.run(["sh", "-c", f'echo $$ > "{root}{path}/cgroup.procs" && '
+                    f"exec nsenter -t {init_pid} -m -p -- /bin/sh -c : {mark}"], check=True)
+
+
+def check_pod(ev: dict, pod: Pod, cid: str, digest: str, nspid: int | None = None) -> None:
+    proc = ev["process"]
+    assert proc["docker"] == cid[:31]
+    p = proc["pod"]
+    assert p["namespace"] == pod.namespace
+    assert p["name"] == pod.name
+    assert p["uid"] == pod.uid
+    assert p["pod_labels"] == pod.labels
+    assert p["workload"] == pod.name and p["workload_kind"] == "Pod"
+    c = p["container"]
+    assert c["id"] == f"containerd://{cid}"
+    assert c["name"] == "spaceship"
+    assert c["image"] == {"id": f"docker.io/tetrad-test/busybox@{digest}", "name": IMAGE}
+    assert RFC3339_S.fullmatch(c["start_time"]), c["start_time"]
+    if nspid is not None:
+        assert c["pid"] == nspid
+    assert c["pid"] != proc["pid"]     # the pid inside the container's pid namespace
+
+
+def test_pod_of_exec_in_containers_started_before_and_after_the_daemon(ctd, start_daemon):
+    before, cid_before = new_pod(ctd, "xwing")
+    d = start_daemon(f"--containerd-address={ctd.socket}")
+    # created while the daemon runs: known from containerd's events before its first exec
+    after, cid_after = new_pod(ctd, "ywing", "rebels", {"app": "ywing"})
+
+    marks = {}
+    for pod, cid in ((before, cid_before), (after, cid_after)):
+        mark = marker()
+        marks[mark] = (pod, cid, exec_in(ctd, cid, mark))
+    host_mark = marker()
+    subprocess.run(["/bin/true", host_mark], check=True)
+
+    def found(events):
+        got = {m: execs_of(events, in_container(m)) for m in marks}
+        got[host_mark] = execs_with(events, host_mark)
+        return all(got.values()) and got
+
+    got = d.wait_for(found, timeout=15, what="execs in both pods and on the host")
+    for mark, (pod, cid, nspid) in marks.items():
+        (ev,) = got[mark]
+        check_pod(ev["process_exec"], pod, cid, ctd.image_digest, nspid)
+        assert ev["process_exec"]["process"]["binary"] == "/bin/sh"
+    (host,) = got[host_mark]
+    assert "pod" not in host["process"]
+    assert "docker" not in host["process"]
+    # the second pod was announced by containerd's event stream
+    status = d.wait_for(lambda _: containers_status(d).get("containerd_events"), timeout=3,
+                        what="containerd events counted in the status") and containers_status(d)
+    assert status["containerd_connected"] is True
+
+
+def containers_status(d) -> dict:
+    return json.loads(d.status_file.read_text())["containers"]
+
+
+def warnings_about_containerd(d) -> list[str]:
+    return [l for l in d.log_text().splitlines() if "unavailable" in l and "containerd" in l]
+
+
+def test_containerd_stopped_and_restarted_under_the_daemon(ctd, start_daemon, tmp_path):
+    pod, cid = new_pod(ctd, "awing")
+    init = ctd.task_pid(cid)
+    d = start_daemon(f"--containerd-address={ctd.socket}")
+    (tmp_path / "second").mkdir()
+    d2 = None
+    ctd.stop()
+    try:
+        # events keep flowing while containerd is away (its retries go on meanwhile)
+        deadline = time.monotonic() + 4
+        host_marks = []
+        while time.monotonic() < deadline:
+            host_marks.append(marker())
+            subprocess.run(["/bin/true", host_marks[-1]], check=True)
+            time.sleep(0.5)
+        known = marker()
+        exec_in_cgroup_without_containerd(init, known)
+        d.wait_for(lambda evs: all(execs_with(evs, m) for m in host_marks)
+                   and execs_of(evs, in_cgroup(known)),
+                   timeout=5, what="events while containerd is down")
+        # a container described before the outage keeps its pod
+        (ev,) = execs_of(d.events(), in_cgroup(known))
+        check_pod(ev["process_exec"], pod, cid, ctd.image_digest)
+        # a daemon that starts now has nothing cached: the container, but no pod
+        d2 = Daemon(tmp_path / "second", [f"--containerd-address={ctd.socket}"])
+        d2.wait_ready()
+        fresh = marker()
+        exec_in_cgroup_without_containerd(init, fresh)
+        (ev,) = d2.wait_for(lambda evs: execs_of(evs, in_cgroup(fresh)), timeout=5)
+        assert ev["process_exec"]["process"]["docker"] == cid[:31]
+        assert "pod" not in ev["process_exec"]["process"]
+        status = containers_status(d)
+        assert status["containerd_connected"] is False and status["containerd_errors"] >= 2
+        assert len(warnings_about_containerd(d)) == 1, d.log_text()
+    except BaseException:
+        if d2 is not None:
+            d2.stop()
+        raise
+    finally:
+        ctd.start()
+    # back: a new pod is named again, and the daemon that never saw containerd learns it
+    d.wait_for(lambda _: containers_status(d)["containerd_connected"],
+               timeout=15, what="reconnection to containerd")
+    newer, newer_cid = new_pod(ctd, "bwing", labels={"app": "bwing"})
+    mark = marker()
+    nspid = exec_in(ctd, newer_cid, mark)
+    (ev,) = d.wait_for(lambda evs: execs_of(evs, in_container(mark)), timeout=10)
+    check_pod(ev["process_exec"], newer, newer_cid, ctd.image_digest, nspid)
+    later = marker()
+    d2.wait_for(lambda _: containers_status(d2)["containerd_connected"],
+                timeout=15, what="first connection to containerd")
+    nspid = exec_in(ctd, cid, later)
+    (ev,) = d2.wait_for(lambda evs: execs_of(evs, in_container(later)), timeout=10)
+    check_pod(ev["process_exec"], pod, cid, ctd.image_digest, nspid)
+    assert "is back" in d.log_text()
+    assert len(warnings_about_containerd(d)) == 1
+    assert d2.stop() == 0
