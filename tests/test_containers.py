@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -209,3 +210,37 @@ def test_containerd_stopped_and_restarted_under_the_daemon(ctd, start_daemon, tm
     assert "is back" in d.log_text()
     assert len(warnings_about_containerd(d)) == 1
     assert d2.stop() == 0
+
+
+def test_hung_containerd_never_stalls_the_event_path(ctd, start_daemon):
+    d = start_daemon(f"--containerd-address={ctd.socket}")
+    d.wait_for(lambda _: containers_status(d)["containerd_connected"], timeout=10,
+               what="connection to containerd")
+    # a container cgroup containerd has not described yet (here: none it knows at all)
+    root = detect("/sys/kernel/btf/vmlinux", quick=True).cgroup_v2_root
+    cid = uuid.uuid4().hex + uuid.uuid4().hex
+    pod_dir = f"{root}/kubepods/besteffort/pod{uuid.uuid4()}"
+    os.makedirs(f"{pod_dir}/{cid}")
+    os.kill(ctd.proc.pid, signal.SIGSTOP)     # containerd hangs: calls neither fail nor answer
+    try:
+        mark, host_mark = marker(), marker()
+        subprocess.run(["sh", "-c", f'echo $$ > "{pod_dir}/{cid}/cgroup.procs" && '
+                        f"exec /bin/sh -c : {mark}"], check=True)
+        subprocess.run(["/bin/true", host_mark], check=True)
+        # both are exported long before the 2 s deadline of the call in flight
+        got = d.wait_for(lambda evs: execs_with(evs, host_mark) and execs_of(evs, in_cgroup(mark)),
+                         timeout=1.5, what="events while containerd hangs")
+        (ev,) = got
+        assert ev["process_exec"]["process"]["docker"] == cid[:31]
+        assert "pod" not in ev["process_exec"]["process"]
+        d.wait_for(lambda _: not containers_status(d)["containerd_connected"], timeout=10,
+                   what="the hang noticed")
+        assert containers_status(d)["lookups_late"] == 1
+        assert len(warnings_about_containerd(d)) == 1
+    finally:
+        os.kill(ctd.proc.pid, signal.SIGCONT)
+        os.rmdir(f"{pod_dir}/{cid}")
+        os.rmdir(pod_dir)
+    d.wait_for(lambda _: containers_status(d)["containerd_connected"], timeout=15,
+               what="containerd answering again")
+    assert "is back" in d.log_text()

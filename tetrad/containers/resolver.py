@@ -172,9 +172,10 @@ class ContainerResolver:
                 if not self._stop.is_set():
                     raise ConnectionError("containerd closed the event stream")
             except grpc.RpcError as e:
-                if self._stop.is_set() or e.code() == grpc.StatusCode.CANCELLED:
+                if self._stop.is_set():
                     break
-                self._down(f"{e.code().name}: {e.details()}")
+                if e.code() != grpc.StatusCode.CANCELLED:   # cancelled by _down: reconnect
+                    self._down(f"{e.code().name}: {e.details()}")
             except ConnectionError as e:
                 self._down(str(e))
             self._stream = None
@@ -274,6 +275,10 @@ class ContainerResolver:
         self.counters["containerd_errors"] += 1
         self.connected = False
         self._synced.set()     # start-up must not wait for a containerd that is not there
+        stream = self._stream
+        if stream is not None:
+            # a hung containerd may keep the stream open: reconnect to learn when it is back
+            stream.cancel()
         if not self._warned:
             log.warning("containerd at %s unavailable (%s); events carry no pod information "
                         "until it answers again", self.address, why)
