@@ -12,6 +12,8 @@ python3-pyroute2 python3-sdnotify python3-pythonjsonlogger util-linux"
 # containerd's gRPC API (stubs in tetrad/containers/pb match these versions);
 # containerd, runc and busybox-static run the tests' containers.
 PKGS="$PKGS python3-grpcio python3-protobuf containerd runc busybox-static"
+# Kubernetes mode (--enable-k8s-api): the official client
+PKGS="$PKGS python3-kubernetes"
 # Kernel headers only when the running kernel has none of its own: BCC needs
 # some headers to compile; tetrad takes struct layouts from BTF, not from them.
 if [ ! -e "/lib/modules/$(uname -r)/build" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then

@@ -19,6 +19,8 @@ import pytest
 
 from conftest import Daemon, execs_with, of_type
 from containerd_env import IMAGE, Containerd, Pod
+from k8s_emulator import KubeEmulator
+from k8s_emulator import pod as api_pod
 from tetrad.features import detect
 
 LABELS = {"app": "xwing", "class": "xwing", "org": "alliance"}
@@ -244,3 +246,38 @@ def test_hung_containerd_never_stalls_the_event_path(ctd, start_daemon):
     d.wait_for(lambda _: containers_status(d)["containerd_connected"], timeout=15,
                what="containerd answering again")
     assert "is back" in d.log_text()
+
+
+def test_kubernetes_mode_takes_labels_and_workload_from_the_api(ctd, start_daemon, tmp_path):
+    """Against a Kubernetes API emulator (kmock), not a real API server."""
+    labels = {"app": "xwing", "pod-template-hash": "5f7c9d8b4"}
+    pod, cid = new_pod(ctd, "xwing-5f7c9d8b4-x2x7q", labels=labels)
+    emulator = KubeEmulator()
+    try:
+        api_labels = dict(labels, tier="fighter")      # the API server's labels win
+        emulator.create(api_pod(pod.name, pod.namespace, "node-1", pod.uid, labels=api_labels,
+                                owner=("ReplicaSet", "xwing-5f7c9d8b4"),
+                                containers={"spaceship": (cid, IMAGE, f"{IMAGE}@sha256:1234")}))
+        d = start_daemon(f"--containerd-address={ctd.socket}", "--enable-k8s-api",
+                         f"--kubeconfig={emulator.kubeconfig(tmp_path / 'kubeconfig')}",
+                         "--node-name=node-1")
+        mark = marker()
+        nspid = exec_in(ctd, cid, mark)
+        (ev,) = d.wait_for(lambda evs: execs_of(evs, in_container(mark)), timeout=10)
+        p = ev["process_exec"]["process"]["pod"]
+        assert p["pod_labels"] == api_labels
+        assert (p["workload"], p["workload_kind"]) == ("xwing", "Deployment")
+        assert p["container"] == {"id": f"containerd://{cid}", "name": "spaceship",
+                                  "image": {"id": f"{IMAGE}@sha256:1234", "name": IMAGE},
+                                  "start_time": "2026-01-02T03:04:05Z", "pid": nspid}
+        assert containers_status(d)["k8s"]["pods"] == 1
+        assert d.stop() == 0      # before the emulator, whose watches it holds open
+    finally:
+        emulator.close()
+
+
+def test_kubernetes_mode_without_a_usable_config_is_a_clear_error(start_daemon, tmp_path):
+    d = start_daemon("--enable-k8s-api", f"--kubeconfig={tmp_path}/missing", ready=False)
+    assert d.proc.wait(60) == 1
+    assert f"--enable-k8s-api: cannot configure the Kubernetes client from {tmp_path}/missing" \
+        in d.log_text()

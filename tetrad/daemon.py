@@ -35,7 +35,7 @@ log = logging.getLogger("tetrad.daemon")
 POLL_MS = 100
 FLUSH_EVERY_S = 0.2
 HOUSEKEEPING_EVERY_S = 1.0
-STARTUP_CONTAINERD_WAIT_S = 3.0   # to name the pods of running processes; events never wait this long
+STARTUP_CONTAINERD_WAIT_S = 3.0   # to name the pods of running processes (containerd, API server)
 
 
 class StartupError(Exception):
@@ -69,6 +69,7 @@ class Daemon:
         self.sensor: ProcessSensor | None = None
         self.exporters = None
         self.containers: ContainerResolver | None = None
+        self.k8s = None
         self._pending: list = []
         self._ready = False
         self._selftest_records: list = []
@@ -104,7 +105,9 @@ class Daemon:
         self.builder = EventBuilder(self.node_name, self.clock, host_namespaces(cfg.procfs),
                                     with_creds=cfg.enable_process_cred, with_ns=cfg.enable_process_ns)
         self.exporters = build_exporters(cfg)
-        self.containers = ContainerResolver(cfg.procfs, self.cgroup_root, cfg.containerd_address)
+        self.k8s = self._start_k8s() if cfg.enable_k8s_api else None
+        self.containers = ContainerResolver(cfg.procfs, self.cgroup_root, cfg.containerd_address,
+                                            k8s=self.k8s)
         self.containers.start()
         self.containers.wait_synced(STARTUP_CONTAINERD_WAIT_S)
         self.observer = Observer(self.builder, self.cache, self._sink, self.containers)
@@ -119,6 +122,20 @@ class Daemon:
             self.observer.handle(rec)
         self.startup_s = time.monotonic() - t0
         log.info("ready in %.2fs", self.startup_s)
+
+    def _start_k8s(self):
+        """Kubernetes mode: pod metadata and TracingPolicy resources from the
+        API server (the policy loader reads them through K8sWatcher.on_policy)."""
+        from .containers.k8s import K8sWatcher
+        k8s = K8sWatcher(self.node_name, self.cfg.kubeconfig)
+        try:
+            k8s.start()
+        except Exception as e:
+            where = self.cfg.kubeconfig or "the in-cluster service account"
+            raise StartupError(f"--enable-k8s-api: cannot configure the Kubernetes client "
+                               f"from {where}: {e}") from e
+        k8s.synced.wait(STARTUP_CONTAINERD_WAIT_S)
+        return k8s
 
     def _on_record(self, rec) -> None:
         if self._ready:
@@ -202,6 +219,8 @@ class Daemon:
             self.sensor.close()
         if self.containers is not None:
             self.containers.close()
+        if self.k8s is not None:
+            self.k8s.close()
         if self.exporters is not None:
             self.exporters.close()
         try:

@@ -46,8 +46,10 @@ _FETCH = "fetch"
 class ContainerResolver:
     def __init__(self, procfs: str, cgroup_root: str, containerd_address: str,
                  wait_s: float = 0.1, timeout_s: float = 2.0,
-                 backoff_s: tuple[float, float] = (0.5, 5.0)):
+                 backoff_s: tuple[float, float] = (0.5, 5.0), k8s=None):
+        """`k8s`: a k8s.K8sWatcher in Kubernetes mode."""
         self.procfs = procfs
+        self.k8s = k8s
         self.paths = CgroupPaths(cgroup_root) if cgroup_root else None
         self.address = containerd_address
         self.wait_s = wait_s
@@ -58,7 +60,7 @@ class ContainerResolver:
         self._namespaces = set(DEFAULT_CONTAINERD_NAMESPACES)
         self._by_cgroup: dict[int, str] = {}        # "" = not in a container
         self._info: dict[str, ContainerInfo] = {}
-        self._pods: dict[str, dict] = {}            # container id -> pod JSON without pid
+        self._pods: dict[str, tuple] = {}           # container id -> (k8s generation, pod JSON without pid)
         self._pending: dict[str, threading.Event] = {}
         self._missing: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -107,12 +109,9 @@ class ContainerResolver:
         if not cid:
             return
         proc.docker = cid[:DOCKER_ID_LEN]
-        pod = self._pods.get(cid)
+        pod = self._pod_for(cid, wait)
         if pod is None:
-            info = self._info_for(cid, wait)
-            if info is None or not info.pod_name:
-                return
-            pod = self._pods.setdefault(cid, pod_json(info))
+            return
         self.counters["pods_found"] += 1
         out = dict(pod)
         container = dict(out["container"])
@@ -121,6 +120,23 @@ class ContainerResolver:
         out["container"] = container
         proc.pod = out
         proc.invalidate()
+
+    def _pod_for(self, cid: str, wait: bool) -> dict | None:
+        """The pod object of a container (without the process's pid), from
+        containerd and, in Kubernetes mode, the API server's view of the pod."""
+        generation = self.k8s.generation if self.k8s is not None else 0
+        cached = self._pods.get(cid)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        meta = self.k8s.pod_of_container(cid) if self.k8s is not None else None
+        info = self._info_for(cid, wait and meta is None)
+        if meta is None and info is not None and info.pod_uid and self.k8s is not None:
+            meta = self.k8s.pod(info.pod_uid)
+        if meta is None and (info is None or not info.pod_name):
+            return None
+        pod = pod_json(info, meta, cid)
+        self._pods[cid] = (generation, pod)
+        return pod
 
     def container_id(self, cgroup_id: int, pid: int) -> str:
         """The container id of a process ("" if none), cached per cgroup."""
@@ -285,20 +301,31 @@ class ContainerResolver:
             self._warned = True
 
     def stats(self) -> dict:
-        return {"containerd_address": self.address, "containerd_connected": self.connected,
-                "containers_known": len(self._info), "cgroups_known": len(self._by_cgroup),
-                **self.counters}
+        out = {"containerd_address": self.address, "containerd_connected": self.connected,
+               "containers_known": len(self._info), "cgroups_known": len(self._by_cgroup),
+               **self.counters}
+        if self.k8s is not None:
+            out["k8s"] = self.k8s.stats()
+        return out
 
 
-def pod_json(info: ContainerInfo) -> dict:
-    """Tetragon's `pod` object (protobuf JSON: empty fields left out);
-    the container's pid is added per process."""
+def pod_json(info: ContainerInfo | None, meta=None, cid: str = "") -> dict:
+    """Tetragon's `pod` object (protobuf JSON: empty fields left out) from
+    containerd's `info` and/or the API server's `meta` (a k8s.PodMeta, whose
+    labels, owner and container status win); the container's pid is added
+    per process."""
+    if info is None:
+        info = ContainerInfo(id=cid, namespace="")
+    runtime_id = f"containerd://{info.id}"
+    if meta is not None:
+        runtime_id = meta.containers.get(info.id, {}).get("id", runtime_id)
+        info = _with_api_view(info, meta)
     image = {}
     if info.image_id:
         image["id"] = info.image_id
     if info.image_name:
         image["name"] = info.image_name
-    container: dict = {"id": f"containerd://{info.id}"}
+    container: dict = {"id": runtime_id}
     if info.name:
         container["name"] = info.name
     if image:
@@ -316,3 +343,15 @@ def pod_json(info: ContainerInfo) -> dict:
     if info.workload_kind:
         pod["workload_kind"] = info.workload_kind
     return pod
+
+
+def _with_api_view(info: ContainerInfo, meta) -> ContainerInfo:
+    status = meta.containers.get(info.id, {})
+    image = status.get("image", {})
+    return ContainerInfo(
+        id=info.id, namespace=info.namespace, name=status.get("name") or info.name,
+        image_name=image.get("name") or info.image_name, image_id=image.get("id") or info.image_id,
+        start_time=status.get("start_time") or info.start_time, labels=info.labels,
+        pod_name=meta.name, pod_namespace=meta.namespace, pod_uid=meta.uid,
+        pod_labels=meta.labels, workload=meta.workload, workload_kind=meta.workload_kind,
+        sandbox=info.sandbox)
