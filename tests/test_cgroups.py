@@ -160,3 +160,29 @@ def test_cgroup_of_a_real_process_in_a_container_cgroup(v2_cgroup):
     finally:
         child.kill()
         child.wait()
+
+
+def test_docker_field_without_containerd_from_a_real_process(v2_cgroup):
+    from tetrad.containers.resolver import ContainerResolver
+    from tetrad.process.model import Process
+    root, rel = v2_cgroup
+    resolver = ContainerResolver("/proc", root, containerd_address="")   # look-ups off
+    resolver.start()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with open(root + rel + "/cgroup.procs", "w") as f:
+            f.write(str(child.pid))
+        proc = Process(exec_id="e", pid=child.pid, tid=child.pid, ktime=0, start_time="", uid=0,
+                       auid=0, cwd="/", binary="/bin/sleep", arguments="30", flags=0,
+                       cgroup_id=os.stat(root + rel).st_ino)
+        resolver.describe(proc)
+        assert proc.docker == ID[:31] and proc.pod is None
+        host = Process(exec_id="h", pid=os.getpid(), tid=os.getpid(), ktime=0, start_time="",
+                       uid=0, auid=0, cwd="/", binary="", arguments="", flags=0,
+                       cgroup_id=os.stat(root).st_ino)
+        resolver.describe(host)
+        assert host.docker == "" and host.pod is None
+    finally:
+        child.kill()
+        child.wait()
+        resolver.close()

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import Daemon, execs_with, of_type
+from conftest import Daemon, execs_with, exits_of, of_type
 from containerd_env import IMAGE, Containerd, Pod
 from k8s_emulator import KubeEmulator
 from k8s_emulator import pod as api_pod
@@ -138,6 +138,10 @@ def test_pod_of_exec_in_containers_started_before_and_after_the_daemon(ctd, star
         (ev,) = got[mark]
         check_pod(ev["process_exec"], pod, cid, ctd.image_digest, nspid)
         assert ev["process_exec"]["process"]["binary"] == "/bin/sh"
+        # its exit carries the same pod
+        pid = ev["process_exec"]["process"]["pid"]
+        (ex,) = d.wait_for(lambda evs: exits_of(evs, pid), timeout=5, what="the exit")
+        check_pod(ex, pod, cid, ctd.image_digest, nspid)
     (host,) = got[host_mark]
     assert "pod" not in host["process"]
     assert "docker" not in host["process"]
@@ -272,6 +276,23 @@ def test_kubernetes_mode_takes_labels_and_workload_from_the_api(ctd, start_daemo
                                   "start_time": "2026-01-02T03:04:05Z", "pid": nspid}
         assert containers_status(d)["k8s"]["pods"] == 1
         assert d.stop() == 0      # before the emulator, whose watches it holds open
+        # without containerd, the API server alone names the pod
+        (tmp_path / "no-containerd").mkdir()
+        d2 = Daemon(tmp_path / "no-containerd", [
+            f"--containerd-address={tmp_path}/nothing.sock", "--enable-k8s-api",
+            f"--kubeconfig={tmp_path / 'kubeconfig'}", "--node-name=node-1"])
+        try:
+            d2.wait_ready()
+            mark = marker()
+            nspid = exec_in(ctd, cid, mark)
+            (ev,) = d2.wait_for(lambda evs: execs_of(evs, in_container(mark)), timeout=10)
+            p = ev["process_exec"]["process"]["pod"]
+            assert (p["namespace"], p["name"], p["uid"]) == (pod.namespace, pod.name, pod.uid)
+            assert (p["workload"], p["workload_kind"], p["pod_labels"]) == ("xwing", "Deployment",
+                                                                            api_labels)
+            assert p["container"]["name"] == "spaceship" and p["container"]["pid"] == nspid
+        finally:
+            assert d2.stop() == 0
     finally:
         emulator.close()
 
