@@ -119,15 +119,6 @@ def container_of_pid(procfs: str, pid: int,
     return container_from_proc_cgroup(text, containerd_namespaces)
 
 
-def v2_path_of_pid(procfs: str, pid: int) -> str | None:
-    """A process's cgroup v2 path (relative to the v2 root), None if gone."""
-    try:
-        with open(f"{procfs}/{pid}/cgroup") as f:
-            return parse_proc_cgroup(f.read()).get("")
-    except OSError:
-        return None
-
-
 class _FileHandle(ctypes.Structure):
     # struct file_handle with room for a kernfs handle: the 64-bit cgroup id
     _fields_ = [("handle_bytes", ctypes.c_uint32), ("handle_type", ctypes.c_int),

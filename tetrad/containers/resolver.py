@@ -151,7 +151,10 @@ class ContainerResolver:
             cid = found.id if found else ""
             self._by_cgroup[cgroup_id] = cid
             return cid
-        # no cgroup v2 path of its own (a v1 or hybrid host): ask /proc while it lives
+        # A cgroup v2 path other than the root is taken as the truth (runc
+        # places containers in the v2 hierarchy on hybrid hosts too).  At the
+        # root, or without cgroup v2, only the v1 hierarchies can tell: ask
+        # /proc while the process lives.
         found = container_of_pid(self.procfs, pid, self._namespaces)
         return found.id if found else ""
 
