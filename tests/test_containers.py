@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import Daemon, execs_with, exits_of, of_type
+from conftest import Daemon, execs_with, exits_of, of_type, tetrad_cmd
 from containerd_env import IMAGE, Containerd, Pod
 from k8s_emulator import KubeEmulator
 from k8s_emulator import pod as api_pod
@@ -149,6 +149,9 @@ def test_pod_of_exec_in_containers_started_before_and_after_the_daemon(ctd, star
     status = d.wait_for(lambda _: containers_status(d).get("containerd_events"), timeout=3,
                         what="containerd events counted in the status") and containers_status(d)
     assert status["containerd_connected"] is True
+    probe = subprocess.run(tetrad_cmd() + ["probe", f"--server-address=unix://{d.sock}"],
+                           capture_output=True, text=True, check=True).stdout
+    assert f"containerd {ctd.socket}: connected, " in probe
 
 
 def containers_status(d) -> dict:
