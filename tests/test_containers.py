@@ -145,10 +145,12 @@ def test_pod_of_exec_in_containers_started_before_and_after_the_daemon(ctd, star
     (host,) = got[host_mark]
     assert "pod" not in host["process"]
     assert "docker" not in host["process"]
-    # the second pod was announced by containerd's event stream
-    status = d.wait_for(lambda _: containers_status(d).get("containerd_events"), timeout=3,
-                        what="containerd events counted in the status") and containers_status(d)
+    # the second pod was announced by containerd's event stream: no exec had to ask
+    status = d.wait_for(lambda _: containers_status(d).get("pods_found", 0) >= 2 and
+                        containers_status(d), timeout=3, what="a status written after the execs")
     assert status["containerd_connected"] is True
+    assert status["containerd_events"] > 0
+    assert status.get("lookups_on_demand", 0) == 0
     probe = subprocess.run(tetrad_cmd() + ["probe", f"--server-address=unix://{d.sock}"],
                            capture_output=True, text=True, check=True).stdout
     assert f"containerd {ctd.socket}: connected, " in probe

@@ -172,6 +172,7 @@ class ContainerResolver:
                     return None     # the resync after reconnecting will describe it
                 event = self._pending[cid] = threading.Event()
                 self._jobs.put((_FETCH, "", cid))
+                self.counters["lookups_on_demand"] += 1   # not announced by containerd's events
         if wait and self.connected and not event.wait(self.wait_s):
             self.counters["lookups_late"] += 1
         return self._info.get(cid)
