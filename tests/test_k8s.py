@@ -121,3 +121,22 @@ def test_unreachable_api_server_is_retried_without_crashing(tmp_path):
         assert watcher.pod_of_container(CID) is None
     finally:
         watcher.close()
+
+
+def test_a_new_list_reports_policies_changed_or_gone_while_not_watching():
+    policies = Policies()
+    watcher = K8sWatcher("node-1", on_policy=policies)
+    replace = watcher._policy_replacer("tracingpoliciesnamespaced")
+
+    def policy(name, spec):   # as list items: without kind and apiVersion
+        return {"metadata": {"name": name, "namespace": "rebels"}, "spec": spec}
+
+    replace([policy("a", {"x": 1}), policy("b", {"x": 2})])
+    replace([policy("a", {"x": 1}), policy("b", {"x": 3}), policy("c", {})])
+    replace([policy("c", {})])
+    kind = "TracingPolicyNamespaced"
+    assert policies.seen == [
+        ("ADDED", kind, "rebels", "a"), ("ADDED", kind, "rebels", "b"),
+        ("MODIFIED", kind, "rebels", "b"), ("ADDED", kind, "rebels", "c"),
+        ("DELETED", kind, "rebels", "a"), ("DELETED", kind, "rebels", "b")]
+    assert [p["apiVersion"] for p in watcher.policies()] == ["cilium.io/v1alpha1"]

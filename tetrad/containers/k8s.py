@@ -107,11 +107,12 @@ class K8sWatcher:
         self.custom = client.CustomObjectsApi(self.api)
         log.info("Kubernetes API at %s: watching the pods of node %s and tracing policies",
                  configuration.host, self.node_name)
-        watches = [("pods", self._list_pods, self._on_pod, self._reset_pods)]
+        watches = [("pods", self._list_pods, self._on_pod, self._replace_pods)]
         for plural in POLICY_PLURALS:
-            watches.append((plural, self._lister(plural), self._on_policy, None))
-        for name, lister, handler, reset in watches:
-            t = threading.Thread(target=self._run, args=(name, lister, handler, reset),
+            watches.append((plural, self._lister(plural), self._on_policy,
+                            self._policy_replacer(plural)))
+        for name, lister, handler, replace in watches:
+            t = threading.Thread(target=self._run, args=(name, lister, handler, replace),
                                  name=f"k8s-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -154,7 +155,9 @@ class K8sWatcher:
             return self.custom.list_cluster_custom_object(POLICY_GROUP, POLICY_VERSION, plural, **kw)
         return lister
 
-    def _run(self, name: str, lister, handler, reset) -> None:
+    def _run(self, name: str, lister, handler, replace) -> None:
+        """List (`replace` takes the full list), then watch (`handler` takes
+        each change), again and again."""
         from kubernetes.client.exceptions import ApiException
         backoff = self.backoff_s[0]
         warned = False
@@ -162,10 +165,7 @@ class K8sWatcher:
             try:
                 resp = lister(_preload_content=False, _request_timeout=30)
                 listing = json.loads(resp.data)
-                if reset is not None:
-                    reset()
-                for obj in listing.get("items") or []:
-                    handler("ADDED", obj)
+                replace(listing.get("items") or [])
                 if name == "pods":
                     self.synced.set()
                 version = (listing.get("metadata") or {}).get("resourceVersion", "")
@@ -217,10 +217,18 @@ class K8sWatcher:
             handler(kind, event.get("object") or {})
 
     # -- pods ---------------------------------------------------------------------
-    def _reset_pods(self) -> None:
+    def _replace_pods(self, items: list[dict]) -> None:
+        """A fresh list: swapped in at once, so look-ups never see it half-built."""
+        pods, by_container = {}, {}
+        for obj in items:
+            if (obj.get("spec") or {}).get("nodeName") not in (None, self.node_name):
+                continue
+            info = pod_meta(obj)
+            pods[info.uid] = info
+            for cid in info.containers:
+                by_container[cid] = info
         with self._lock:
-            self._pods = {}
-            self._by_container = {}
+            self._pods, self._by_container = pods, by_container
             self.generation += 1
 
     def _on_pod(self, action: str, obj: dict) -> None:
@@ -241,6 +249,29 @@ class K8sWatcher:
             self.generation += 1
 
     # -- tracing policies -------------------------------------------------------------
+    def _policy_replacer(self, plural: str):
+        kind = "TracingPolicy" if plural == "tracingpolicies" else "TracingPolicyNamespaced"
+
+        def replace(items: list[dict]) -> None:
+            """A fresh list: report what changed since the last one, and what
+            disappeared while the watch was down."""
+            listed = {}
+            for obj in items:
+                # list items may leave out what every item of the list shares
+                obj = dict(obj, kind=obj.get("kind") or kind,
+                           apiVersion=obj.get("apiVersion") or f"{POLICY_GROUP}/{POLICY_VERSION}")
+                meta = obj.get("metadata") or {}
+                listed[(kind, meta.get("namespace", ""), meta.get("name", ""))] = obj
+            for key in [k for k in self._policies if k[0] == kind and k not in listed]:
+                self._on_policy("DELETED", self._policies[key])
+            for key, obj in listed.items():
+                old = self._policies.get(key)
+                if old is None:
+                    self._on_policy("ADDED", obj)
+                elif old != obj:
+                    self._on_policy("MODIFIED", obj)
+        return replace
+
     def _on_policy(self, action: str, obj: dict) -> None:
         meta = obj.get("metadata") or {}
         key = (obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))
