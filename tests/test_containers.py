@@ -53,11 +53,12 @@ def ctd(tmp_path_factory):
                     pass
 
 
-def new_pod(ctd, name="xwing", namespace="default", labels=LABELS) -> tuple[Pod, str]:
+def new_pod(ctd, name="xwing", namespace="default", labels=LABELS,
+            cmd=("sleep", "3600")) -> tuple[Pod, str]:
     pod = Pod(ctd, name, namespace, labels)
     ctd.pods.append(pod)
     pod.start_sandbox()
-    cid = pod.start_container("spaceship", "sleep", "3600")
+    cid = pod.start_container("spaceship", *cmd)
     return pod, cid
 
 
@@ -116,7 +117,8 @@ def check_pod(ev: dict, pod: Pod, cid: str, digest: str, nspid: int | None = Non
 
 
 def test_pod_of_exec_in_containers_started_before_and_after_the_daemon(ctd, start_daemon):
-    before, cid_before = new_pod(ctd, "xwing")
+    # its main process, running before the daemon, keeps starting `sleep 0.3`s
+    before, cid_before = new_pod(ctd, "xwing", cmd=("sh", "-c", "while :; do sleep 0.3; done"))
     d = start_daemon(f"--containerd-address={ctd.socket}")
     # created while the daemon runs: known from containerd's events before its first exec
     after, cid_after = new_pod(ctd, "ywing", "rebels", {"app": "ywing"})
@@ -142,6 +144,14 @@ def test_pod_of_exec_in_containers_started_before_and_after_the_daemon(ctd, star
         pid = ev["process_exec"]["process"]["pid"]
         (ex,) = d.wait_for(lambda evs: exits_of(evs, pid), timeout=5, what="the exit")
         check_pod(ex, pod, cid, ctd.image_digest, nspid)
+    # a child of a process known from /proc at start-up: both in the pod
+    (child,) = d.wait_for(lambda evs: [e for e in execs_of(evs, "0.3")
+                                       if e["process_exec"]["process"].get("docker")][:1],
+                          timeout=5, what="a sleep started by the container's main process")
+    check_pod(child["process_exec"], before, cid_before, ctd.image_digest)
+    parent = child["process_exec"]["parent"]
+    assert "procFS" in parent["flags"] and parent["pod"]["container"]["pid"] == 1
+    assert parent["pod"]["name"] == before.name and parent["docker"] == cid_before[:31]
     (host,) = got[host_mark]
     assert "pod" not in host["process"]
     assert "docker" not in host["process"]
