@@ -24,7 +24,7 @@ def emulator():
     e.close()
 
 
-def wait_until(predicate, timeout=10.0, what="condition"):
+def wait_until(predicate, timeout=30.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -63,7 +63,7 @@ def test_pods_of_this_node_and_tracing_policies(emulator, tmp_path):
                          on_policy=policies, backoff_s=(0.2, 0.5))
     watcher.start()
     try:
-        assert watcher.synced.wait(10)
+        assert watcher.synced.wait(30)
         meta = watcher.pod_of_container(CID)
         assert (meta.namespace, meta.name, meta.uid) == ("default", "xwing-5f7c9d8b4-x2x7q", "uid-1")
         assert (meta.workload, meta.workload_kind) == ("xwing", "Deployment")
@@ -116,7 +116,7 @@ def test_unreachable_api_server_is_retried_without_crashing(tmp_path):
     watcher = K8sWatcher("node-1", str(path), backoff_s=(0.1, 0.2))
     watcher.start()
     try:
-        assert watcher.synced.wait(10)          # start-up does not hang on it
+        assert watcher.synced.wait(30)          # start-up does not hang on it
         wait_until(lambda: watcher.errors >= 3, what="retries")
         assert watcher.pod_of_container(CID) is None
     finally:
