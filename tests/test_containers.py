@@ -313,6 +313,9 @@ def test_kubernetes_mode_takes_labels_and_workload_from_the_api(ctd, start_daemo
             assert (p["workload"], p["workload_kind"], p["pod_labels"]) == ("xwing", "Deployment",
                                                                             api_labels)
             assert p["container"]["name"] == "spaceship" and p["container"]["pid"] == nspid
+            # no containerd on this "host": said once, calmly, not as a warning
+            assert f"no containerd at {tmp_path}/nothing.sock" in d2.log_text()
+            assert warnings_about_containerd(d2) == []
         finally:
             assert d2.stop() == 0
     finally:

@@ -22,6 +22,7 @@ says when it is back.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -68,6 +69,7 @@ class ContainerResolver:
         self._stop = threading.Event()
         self._synced = threading.Event()
         self._warned = False
+        self._ever_connected = False
         self._stream = None
         self._threads: list[threading.Thread] = []
         self.client: ContainerdClient | None = None
@@ -285,11 +287,12 @@ class ContainerResolver:
     # -- containerd up/down -------------------------------------------------------
     def _up(self, version: str) -> None:
         if self._warned:
-            log.info("containerd at %s is back; pods are named again", self.address)
+            log.info("containerd at %s is %s; pods are named again", self.address,
+                     "back" if self._ever_connected else "there now")
             self._warned = False
         elif version:
             log.info("containerd at %s: version %s", self.address, version)
-        self.connected = True
+        self.connected = self._ever_connected = True
 
     def _down(self, why: str) -> None:
         self.counters["containerd_errors"] += 1
@@ -300,8 +303,12 @@ class ContainerResolver:
             # a hung containerd may keep the stream open: reconnect to learn when it is back
             stream.cancel()
         if not self._warned:
-            log.warning("containerd at %s unavailable (%s); events carry no pod information "
-                        "until it answers again", self.address, why)
+            if self._ever_connected or os.path.exists(self.address.removeprefix("unix://")):
+                log.warning("containerd at %s unavailable (%s); events carry no pod information "
+                            "until it answers again", self.address, why)
+            else:   # a host without containerd: nothing is wrong
+                log.info("no containerd at %s: events name containers from their cgroups, "
+                         "pods only once containerd is there", self.address)
             self._warned = True
 
     def stats(self) -> dict:
