@@ -39,6 +39,7 @@ LABEL_POD_UID = "io.kubernetes.pod.uid"
 LABEL_CONTAINER_NAME = "io.kubernetes.container.name"
 LABEL_KIND = "io.cri-containerd.kind"
 ANNOTATION_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
+ANNOTATION_IMAGE_NAME = "io.kubernetes.cri.image-name"
 # labels the CRI plugin and ctr add to a sandbox beside the pod's own labels
 _NOT_POD_LABELS = (LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, LABEL_CONTAINER_NAME)
 _NOT_POD_LABEL_PREFIXES = ("io.cri-containerd.", "io.containerd.")
@@ -76,6 +77,17 @@ def socket_target(address: str) -> str:
 def pod_labels_of(sandbox_labels: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in sandbox_labels.items()
             if k not in _NOT_POD_LABELS and not k.startswith(_NOT_POD_LABEL_PREFIXES)}
+
+
+def annotations_of(record) -> dict:
+    """The annotations of a container's OCI spec (JSON in a protobuf Any)."""
+    if not record.HasField("spec") or not record.spec.value:
+        return {}
+    try:
+        spec = json.loads(record.spec.value)
+    except ValueError:
+        return {}
+    return spec.get("annotations") or {} if isinstance(spec, dict) else {}
 
 
 def start_time_of(procfs: str, pid: int) -> str:
@@ -175,11 +187,13 @@ class Describer:
 
     def describe(self, namespace: str, record, sandbox_record=None) -> ContainerInfo:
         labels = dict(record.labels)
-        info = ContainerInfo(id=record.id, namespace=namespace, labels=labels,
-                             image_name=record.image,
+        annotations = annotations_of(record)
+        # the CRI plugin may record the image by id; the annotation keeps its name
+        image = annotations.get(ANNOTATION_IMAGE_NAME) or record.image
+        info = ContainerInfo(id=record.id, namespace=namespace, labels=labels, image_name=image,
                              sandbox=labels.get(LABEL_KIND) == "sandbox")
         info.name = labels.get(LABEL_CONTAINER_NAME, "")
-        info.image_id = self._image_id(namespace, record.image)
+        info.image_id = self._image_id(namespace, image) or self._image_id(namespace, record.image)
         pid = self.client.task_pid(namespace, record.id)
         info.start_time = start_time_of(self.procfs, pid) if pid else ""
         if not info.start_time and record.HasField("created_at"):
@@ -197,14 +211,9 @@ class Describer:
             info.workload, info.workload_kind = workload.from_labels(info.pod_name, info.pod_labels)
         return info
 
-    def sandbox_id_of(self, record) -> str:
-        if not record.HasField("spec") or not record.spec.value:
-            return ""
-        try:
-            spec = json.loads(record.spec.value)
-        except ValueError:
-            return ""
-        return (spec.get("annotations") or {}).get(ANNOTATION_SANDBOX_ID, "")
+    @staticmethod
+    def sandbox_id_of(record) -> str:
+        return annotations_of(record).get(ANNOTATION_SANDBOX_ID, "")
 
     def _sandbox_of(self, namespace: str, record, pod_uid: str):
         sandbox_id = self.sandbox_id_of(record)
