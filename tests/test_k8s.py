@@ -4,6 +4,7 @@ this node and TracingPolicy custom resources."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import urllib.parse
@@ -45,7 +46,8 @@ class Policies:
             self.seen.append((action, doc["kind"], meta.get("namespace", ""), meta["name"]))
 
 
-def test_pods_of_this_node_and_tracing_policies(emulator, tmp_path):
+def test_pods_of_this_node_and_tracing_policies(emulator, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="tetrad.k8s")
     xwing = pod("xwing-5f7c9d8b4-x2x7q", "default", "node-1", "uid-1",
                 labels={"app": "xwing", "pod-template-hash": "5f7c9d8b4"},
                 owner=("ReplicaSet", "xwing-5f7c9d8b4"),
@@ -101,6 +103,11 @@ def test_pods_of_this_node_and_tracing_policies(emulator, tmp_path):
         emulator.create(namespaced)
         wait_until(lambda: ("ADDED", "TracingPolicyNamespaced", "rebels", "no-curl") in policies.seen,
                    what="the namespaced policy")
+        # its CRD was missing at first: one warning, then one line when it is there
+        assert [r.getMessage() for r in caplog.records if "tracingpoliciesnamespaced" in r.getMessage()] == [
+            "Kubernetes API: cannot watch tracingpoliciesnamespaced (its CustomResourceDefinition "
+            "is not installed); retrying",
+            "Kubernetes API: watching tracingpoliciesnamespaced again"]
         emulator.delete(cluster_policy)
         wait_until(lambda: ("DELETED", "TracingPolicy", "", "fd-install") in policies.seen,
                    what="the deleted policy")

@@ -168,10 +168,12 @@ class K8sWatcher:
                 replace(listing.get("items") or [])
                 if name == "pods":
                     self.synced.set()
+                if warned:
+                    log.info("Kubernetes API: watching %s again", name)
+                    warned = False
+                backoff = self.backoff_s[0]
                 version = (listing.get("metadata") or {}).get("resourceVersion", "")
                 self._watch(lister, handler, version)
-                backoff = self.backoff_s[0]
-                warned = False
                 continue      # the server ended the watch: list again
             except ApiException as e:
                 why = f"HTTP {e.status} {e.reason}"
