@@ -35,7 +35,7 @@ log = logging.getLogger("tetrad.daemon")
 POLL_MS = 100
 FLUSH_EVERY_S = 0.2
 HOUSEKEEPING_EVERY_S = 1.0
-STARTUP_CONTAINERD_WAIT_S = 3.0   # to name the pods of running processes (containerd, API server)
+STARTUP_METADATA_WAIT_S = 3.0   # to name the pods of running processes (containerd, API server)
 
 
 class StartupError(Exception):
@@ -109,7 +109,7 @@ class Daemon:
         self.containers = ContainerResolver(cfg.procfs, self.cgroup_root, cfg.containerd_address,
                                             k8s=self.k8s)
         self.containers.start()
-        self.containers.wait_synced(STARTUP_CONTAINERD_WAIT_S)
+        self.containers.wait_synced(STARTUP_METADATA_WAIT_S)
         self.observer = Observer(self.builder, self.cache, self._sink, self.containers)
         known = procfs.scan(cfg.procfs, self.cgroup_root)
         for info in known:
@@ -134,7 +134,7 @@ class Daemon:
             where = self.cfg.kubeconfig or "the in-cluster service account"
             raise StartupError(f"--enable-k8s-api: cannot configure the Kubernetes client "
                                f"from {where}: {e}") from e
-        k8s.synced.wait(STARTUP_CONTAINERD_WAIT_S)
+        k8s.synced.wait(STARTUP_METADATA_WAIT_S)
         return k8s
 
     def _on_record(self, rec) -> None:
