@@ -7,8 +7,14 @@ cd "$(dirname "$0")/.."
 # Debian packages: BCC is only packaged by Debian (python3-bpfcc), not on PyPI.
 PKGS="python3-bpfcc bpftool python3-venv python3-pip python3-yaml python3-psutil \
 python3-pyroute2 python3-sdnotify python3-pythonjsonlogger python3-prometheus-client util-linux"
-# The kernel lane's guest image installs the same list (scripts/kernel-lane/build-image.sh).
+# containerd's gRPC API (stubs in tetrad/containers/pb match these versions)
+PKGS="$PKGS python3-grpcio python3-protobuf"
+# Kubernetes mode (--enable-k8s-api): the official client
+PKGS="$PKGS python3-kubernetes"
+# The kernel lane's guest image installs the same runtime list (scripts/kernel-lane/build-image.sh).
 if [ "${1:-}" = --debian-packages ]; then echo "$PKGS"; exit 0; fi
+# The tests' own containers: a real containerd with runc, and busybox-static for their image.
+PKGS="$PKGS containerd runc busybox-static"
 # `make test-kernel`: also what builds and boots the kernel lane's guest.
 if [ "${1:-}" = --kernel-lane ]; then PKGS="$PKGS qemu-system-x86 debootstrap e2fsprogs"; fi
 

@@ -22,6 +22,7 @@ from . import metrics, offsets, selftest
 from .api import commands as api_commands
 from .api.server import ApiServer, ServerError
 from .btf import Btf, BtfError
+from .containers.resolver import ContainerResolver
 from .events import EventBuilder
 from .exporter import build_exporters
 from .filters.export import ExportControls
@@ -39,6 +40,7 @@ POLL_MS = 100
 FLUSH_EVERY_S = 0.2
 HOUSEKEEPING_EVERY_S = 1.0
 RATE_WINDOW_S = 10.0      # events per second in `tetrad status` are averaged over this
+STARTUP_METADATA_WAIT_S = 3.0   # to name the pods of running processes (containerd, API server)
 
 
 class StartupError(Exception):
@@ -71,6 +73,8 @@ class Daemon:
         self.features = None
         self.sensor: ProcessSensor | None = None
         self.exporters = None
+        self.containers: ContainerResolver | None = None
+        self.k8s = None
         self._pending: list = []
         self._ready = False
         self._selftest_records: list = []
@@ -118,7 +122,12 @@ class Daemon:
         self.builder = EventBuilder(self.node_name, self.clock, host_namespaces(cfg.procfs),
                                     with_creds=cfg.enable_process_cred, with_ns=cfg.enable_process_ns)
         self.exporters = build_exporters(cfg)
-        self.observer = Observer(self.builder, self.cache, self._sink)
+        self.k8s = self._start_k8s() if cfg.enable_k8s_api else None
+        self.containers = ContainerResolver(cfg.procfs, self.cgroup_root, cfg.containerd_address,
+                                            k8s=self.k8s)
+        self.containers.start()
+        self.containers.wait_synced(STARTUP_METADATA_WAIT_S)
+        self.observer = Observer(self.builder, self.cache, self._sink, self.containers)
         known = procfs.scan(cfg.procfs, self.cgroup_root)
         for info in known:
             self.observer.add_procfs(info)
@@ -146,6 +155,19 @@ class Daemon:
                 self.metrics_server = metrics.serve(self, self.cfg.metrics_server)
             except (ValueError, OSError) as e:
                 raise StartupError(f"--metrics-server {self.cfg.metrics_server}: {e}") from None
+    def _start_k8s(self):
+        """Kubernetes mode: pod metadata and TracingPolicy resources from the
+        API server (the policy loader reads them through K8sWatcher.on_policy)."""
+        from .containers.k8s import K8sWatcher
+        k8s = K8sWatcher(self.node_name, self.cfg.kubeconfig)
+        try:
+            k8s.start()
+        except Exception as e:
+            where = self.cfg.kubeconfig or "the in-cluster service account"
+            raise StartupError(f"--enable-k8s-api: cannot configure the Kubernetes client "
+                               f"from {where}: {e}") from e
+        k8s.synced.wait(STARTUP_METADATA_WAIT_S)
+        return k8s
 
     def _on_record(self, rec) -> None:
         if self._ready:
@@ -260,6 +282,7 @@ class Daemon:
             "containerd": containerd.status() if hasattr(containerd, "status") else None,
             "lost_in_kernel": self.sensor.lost() if self.sensor else {},
             "process_cache": self.cache.stats(),
+            "containers": self.containers.stats() if self.containers else {},
             "exporters": self.exporters.stats() if self.exporters else {},
             "features": self.features.to_dict() if self.features else {},
         }
@@ -292,6 +315,10 @@ class Daemon:
             except Exception:
                 pass
             self.sensor.close()
+        if self.containers is not None:
+            self.containers.close()
+        if self.k8s is not None:
+            self.k8s.close()
         if self.exporters is not None:
             self.exporters.close()
         try:

@@ -91,4 +91,14 @@ def main(args) -> int:
         print("  lost in kernel: " + (", ".join(f"{k} {v}" for k, v in sorted(lost.items())) or "0"))
         cache = d.get("process_cache", {})
         print(f"  process cache: {cache.get('size', 0)} entries, {cache.get('evictions', 0)} evictions")
+        ct = d.get("containers") or {}
+        if ct.get("containerd_address"):
+            state = "connected" if ct.get("containerd_connected") else "UNAVAILABLE"
+            print(f"  containerd {ct['containerd_address']}: {state}, "
+                  f"{ct.get('containers_known', 0)} containers known, "
+                  f"{ct.get('containerd_errors', 0)} errors, {ct.get('lookups_late', 0)} late look-ups")
+        if "k8s" in ct:
+            k = ct["k8s"]
+            print(f"  Kubernetes API: {k['pods']} pods of this node, {k['policies']} tracing policies, "
+                  f"{k['errors']} errors")
     return 0
