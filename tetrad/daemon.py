@@ -18,6 +18,7 @@ import time
 from . import config as config_mod
 from . import features as features_mod
 from . import offsets, selftest
+from . import systemd
 from .btf import Btf, BtfError
 from .events import EventBuilder
 from .exporter import build_exporters
@@ -70,6 +71,11 @@ class Daemon:
         self._ready = False
         self._selftest_records: list = []
         self.lost_reported: dict[str, int] = {}
+        self.notifier = systemd.ServiceNotifier()
+        self.reload_requested = False
+        # Run on SIGHUP (`systemctl reload tetrad`): each re-reads what it owns
+        # (the policy engine adds its own).  Called from the event loop.
+        self.reload_hooks: list = []
 
     # -- start-up -------------------------------------------------------------
     def start(self) -> None:
@@ -113,6 +119,7 @@ class Daemon:
             self.observer.handle(rec)
         self.startup_s = time.monotonic() - t0
         log.info("ready in %.2fs", self.startup_s)
+        self.notifier.ready(systemd.status_line(self.status(), 0.0))
 
     def _on_record(self, rec) -> None:
         if self._ready:
@@ -136,6 +143,10 @@ class Daemon:
         while not self.stopping:
             self.sensor.poll(POLL_MS)
             now = time.monotonic()
+            self.notifier.tick(now)
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload()
             if now >= next_flush:
                 self.exporters.flush()
                 next_flush = now + FLUSH_EVERY_S
@@ -156,6 +167,20 @@ class Daemon:
                             "Raise --rb-size.", total - before, kind, total)
         self.lost_reported = lost
         self.write_status()
+        self.notifier.refresh_status(time.monotonic(), self.status)
+
+    def reload(self) -> None:
+        """Re-read what can change without a restart, telling systemd.
+        A hook that fails is logged; the daemon keeps what it had."""
+        log.info("reloading")
+        self.notifier.reloading()
+        for hook in self.reload_hooks:
+            try:
+                hook()
+            except Exception as e:
+                log.error("reload: %s failed: %s", getattr(hook, "__qualname__", hook), e)
+        self.notifier.ready(systemd.status_line(self.status(), 0.0))
+        log.info("reloaded")
 
     def status(self) -> dict:
         return {
@@ -184,6 +209,10 @@ class Daemon:
     def request_stop(self, signum, _frame) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
         self.stopping = True
+        self.notifier.stopping()
+
+    def request_reload(self, _signum, _frame) -> None:
+        self.reload_requested = True
 
     def close(self) -> None:
         if self.sensor is not None:
@@ -205,6 +234,7 @@ def run(cfg) -> int:
     daemon = Daemon(cfg)
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)
+    signal.signal(signal.SIGHUP, daemon.request_reload)
     try:
         daemon.start()
         daemon.write_status()
