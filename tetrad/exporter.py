@@ -563,6 +563,10 @@ def build_exporters(cfg) -> MultiExporter:
         )
     if cfg.export_stdout:
         exporters.append(StreamExporter(sys.stdout, name="<stdout>"))
+    if cfg.enable_journal:
+        from .journal import JournalExporter  # imported here: it builds on Exporter
+        exporters.append(JournalExporter(socket_path=os.environ.get(
+            "TETRAD_JOURNAL_SOCKET") or JournalExporter.DEFAULT_SOCKET))
     return MultiExporter(exporters)
 
 
