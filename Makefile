@@ -3,7 +3,7 @@
 
 PYTEST_ARGS ?=
 
-.PHONY: run test setup bench
+.PHONY: run test setup bench deb
 
 setup:
 	@sh scripts/bootstrap.sh
@@ -17,3 +17,7 @@ test: setup
 
 bench: setup
 	.venv/bin/python benchmarks/exec_storm.py
+
+# dist/tetrad_<version>_all.deb (debhelper + dh-python), checked by lintian.
+deb:
+	sh scripts/build-deb.sh

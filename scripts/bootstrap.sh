@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 # Debian packages: BCC is only packaged by Debian (python3-bpfcc), not on PyPI.
 PKGS="python3-bpfcc bpftool python3-venv python3-pip python3-yaml python3-psutil \
 python3-pyroute2 python3-sdnotify python3-pythonjsonlogger util-linux"
+# The system test boots a Debian tree under a real systemd (tests/test_system_nspawn.py).
+PKGS="$PKGS systemd-container debootstrap"
 # Kernel headers only when the running kernel has none of its own: BCC needs
 # some headers to compile; tetrad takes struct layouts from BTF, not from them.
 if [ ! -e "/lib/modules/$(uname -r)/build" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then

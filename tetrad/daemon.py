@@ -97,7 +97,8 @@ class Daemon:
         log.info("process sensor: raw tracepoints sched_process_exec, sched_process_fork, "
                  "sched_process_exit; ring buffer %d KiB", pages * 4)
         self.sensor.open(self._on_record)
-        observed = selftest.run(self.sensor, self._poll_selftest, self.cgroup_root)
+        observed = selftest.run(self.sensor, self._poll_selftest, self.cgroup_root,
+                                 procfs=cfg.procfs)
         log.info("self-test passed: ppid, loginuid, cwd, cgroup id, credentials, namespaces "
                  "and argv read through BTF offsets match /proc (cwd %s)", observed["cwd"])
 
