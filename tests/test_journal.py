@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Daemon, execs_with
+from conftest import Daemon, execs_with, tetrad_cmd
 from tetrad.journal import JournalExporter, encode_entry, journal_fields
 
 
@@ -195,6 +195,9 @@ def test_daemon_without_journald_keeps_exporting_and_counts(tmp_path):
         journal = next(e for e in exporters if e["path"].endswith("absent.sock"))
         assert journal["lines_lost"] > 0 and journal["lines_written"] == 0
         assert "cannot write events to the journal" in d.log_text()
+        probe = subprocess.run(tetrad_cmd() + ["probe", f"--server-address=unix://{d.sock}"],
+                               capture_output=True, text=True, check=True).stdout
+        assert f"export to {tmp_path}/absent.sock: 0 written, " in probe, probe
     finally:
         d.stop()
 

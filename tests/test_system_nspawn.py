@@ -234,6 +234,23 @@ def test_kill_9_is_restarted(machine):
     assert new != pid
 
 
+def test_stalled_loop_is_restarted_by_the_watchdog(machine):
+    # A short watchdog for the test; SIGSTOP stands for a stalled event loop,
+    # TimeoutAbortSec= bounds how long systemd waits on its SIGABRT.
+    machine.sh("mkdir -p /etc/systemd/system/tetrad.service.d && printf "
+               "'[Service]\\nWatchdogSec=2s\\nTimeoutAbortSec=2s\\n' "
+               ">/etc/systemd/system/tetrad.service.d/watchdog.conf && "
+               "systemctl daemon-reload && systemctl reset-failed tetrad && systemctl restart tetrad")
+    pid = machine.wait_active()
+    time.sleep(3)   # pings keep it alive
+    assert machine.main_pid() == pid
+    machine.sh(f"kill -STOP {pid}")
+    new = machine.wait_active(other_than=pid, timeout=30)
+    assert new != pid
+    log = machine.sh("journalctl -u tetrad --no-pager -o cat _PID=1").stdout
+    assert "Watchdog timeout" in log, log[-2000:]
+
+
 def test_stop_leaves_no_bpf_program(machine):
     pid = machine.wait_active()
     ours = bpf_prog_ids_of(machine.host_pid(pid))
