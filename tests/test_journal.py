@@ -238,3 +238,15 @@ def test_log_lines_carry_syslog_priority_on_the_journal_stream(tmp_path, monkeyp
     lines = path.read_text().splitlines()
     assert lines[:3] == ["<4>WARNING tetrad.test: two", "<4>lines", "<6>INFO tetrad.test: fine"]
     assert lines[3].endswith("INFO tetrad.test: plain") and not lines[3].startswith("<")
+
+
+def test_write_event_uses_the_daemons_dict_and_files_get_the_line(journald, tmp_path):
+    from tetrad.exporter import MultiExporter, RotatingFileExporter
+    files = RotatingFileExporter(str(tmp_path / "events.log"))
+    multi = MultiExporter([files, JournalExporter(socket_path=journald.path)])
+    line = json.dumps(EXEC)
+    multi.write_event(EXEC, line)
+    multi.close()
+    (entry,) = journald.receive()
+    assert entry["TETRAD_POD"] == "xwing" and entry["TETRAD_EVENT"] == line
+    assert (tmp_path / "events.log").read_text() == line + "\n"

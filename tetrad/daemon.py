@@ -135,7 +135,7 @@ class Daemon:
         return self._selftest_records
 
     def _sink(self, kind: str, event: dict, line: str) -> None:
-        self.exporters.write(line)
+        self.exporters.write_event(event, line)
 
     # -- serving --------------------------------------------------------------
     def serve(self) -> None:
@@ -180,6 +180,7 @@ class Daemon:
                 hook()
             except Exception as e:
                 log.error("reload: %s failed: %s", getattr(hook, "__qualname__", hook), e)
+            self.notifier.tick(time.monotonic())   # a slow compile is not a stall
         self.notifier.ready(systemd.status_line(self.status(), 0.0))
         log.info("reloaded")
 

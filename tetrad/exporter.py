@@ -49,6 +49,12 @@ class Exporter(abc.ABC):
     def write(self, line: str) -> None:
         """Queue one event line (without newline); never raises on I/O errors."""
 
+    def write_event(self, event: dict, line: str) -> None:
+        """Like write(line), for exporters that also use the event's fields
+        (the journal); `event` must be the dict that `line` serialises, after
+        any field filter or redaction, so both say the same."""
+        self.write(line)
+
     def flush(self) -> None:
         """Push buffered lines to the destination."""
 
@@ -530,6 +536,10 @@ class MultiExporter(Exporter):
     def write(self, line: str) -> None:
         for exporter in self.exporters:
             exporter.write(line)
+
+    def write_event(self, event: dict, line: str) -> None:
+        for exporter in self.exporters:
+            exporter.write_event(event, line)
 
     def flush(self) -> None:
         for exporter in self.exporters:

@@ -29,6 +29,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from typing import Callable
 
 from .exporter import Exporter
@@ -38,6 +39,7 @@ log = logging.getLogger("tetrad.journal")
 IDENTIFIER = "tetrad"
 # Entries kept while journald's socket queue is full (about 2 KiB each).
 BACKLOG_ENTRIES = 8192
+WARN_EVERY_S = 10.0
 
 PRIORITY_WARNING = 4
 PRIORITY_INFO = 6
@@ -139,6 +141,7 @@ class JournalExporter(Exporter):
         self._lines_lost = 0
         self._write_errors = 0
         self._render_errors = 0
+        self._next_warning = 0.0
         try:
             self._connect()
         except OSError as e:
@@ -149,6 +152,11 @@ class JournalExporter(Exporter):
             event = json.loads(line)
         except ValueError:
             event = {}
+        self.write_event(event, line)
+
+    def write_event(self, event: dict, line: str) -> None:
+        # The daemon hands over the event it serialised: parsing `line` again
+        # would cost more than all the rest of an entry.
         try:
             message = self._render(event)
         except Exception as e:  # a renderer bug must not cost the event
@@ -161,19 +169,16 @@ class JournalExporter(Exporter):
                 self._lines_lost += 1
                 return
             if self._backlog:
-                self._queue(entry)   # keep the order
-                return
-            if not self._send(entry):
-                self._queue(entry)
+                self._drain()
+            if self._backlog or not self._send(entry):
+                self._queue(entry)   # behind the others: order is kept
 
     def flush(self) -> None:
         with self._lock:
             if self._sock is None and not self._closed:
                 self._reconnect()
-            while self._backlog and not self._closed:
-                if not self._send(self._backlog[0]):
-                    return
-                self._backlog.popleft()
+            if not self._closed:
+                self._drain()
 
     def close(self) -> None:
         self.flush()
@@ -198,6 +203,13 @@ class JournalExporter(Exporter):
             }
 
     # -- delivery (caller holds self._lock) ----------------------------------
+
+    def _drain(self) -> None:
+        """Send the backlog, oldest first, until journald's queue is full."""
+        while self._backlog:
+            if not self._send(self._backlog[0]):
+                return
+            self._backlog.popleft()
 
     def _connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -271,15 +283,24 @@ class JournalExporter(Exporter):
     def _delivered(self, entry: bytes) -> None:
         self._lines_written += 1
         self._bytes_written += len(entry)
-        if self._failing:
+        if self._failing and not self._backlog:
             self._failing = False
-            log.warning("writing events to the journal again (%d lost so far)", self._lines_lost)
+            self._warn("writing events to the journal again (%d lost so far)", self._lines_lost)
 
     def _fail(self, error: OSError, lost: int) -> None:
         self._write_errors += 1
         self._lines_lost += lost
         if not self._failing:
             self._failing = True
-            log.warning("cannot write events to the journal (%s): %s; the other exporters "
-                        "continue, lost entries are counted", self.path, error.strerror or error)
+            self._warn("cannot write events to the journal (%s): %s; the other exporters "
+                       "continue, lost entries are counted (%d so far)",
+                       self.path, error.strerror or error, self._lines_lost)
+
+    def _warn(self, msg: str, *args) -> None:
+        # A journald that keeps falling behind must not flood the log (which
+        # goes to journald too): at most one line per WARN_EVERY_S.
+        now = time.monotonic()
+        if now >= self._next_warning:
+            self._next_warning = now + WARN_EVERY_S
+            log.warning(msg, *args)
 
