@@ -108,3 +108,12 @@ def test_without_notify_socket_nothing_is_sent(daemon):
         time.sleep(0.05)
     assert "reloaded" in daemon.log_text()
     assert daemon.stop() == 0
+
+
+def test_status_line():
+    from tetrad.systemd import status_line
+    status = {"events": {"process_exec": 7, "process_exit": 5}, "lost_in_kernel": {"exec": 2},
+              "exporters": {"exporters": [{"lines_lost": 3}, {"lines_lost": 1}]}}
+    assert status_line(status, 12.4) == "12 events/s, 12 events, lost 2 in kernel, 4 in export"
+    assert status_line(dict(status, policies=None), 0).startswith("0 events/s")
+    assert status_line(dict(status, policies=[{}, {}]), 0).startswith("2 policies, 0 events/s")

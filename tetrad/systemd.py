@@ -43,7 +43,7 @@ def status_line(status: dict, events_per_s: float) -> str:
     """The STATUS= summary: policies (once the daemon reports them), event
     rate, what was lost in the kernel and in the exporters."""
     parts = []
-    if "policies" in status:
+    if status.get("policies") is not None:   # once the daemon lists them
         parts.append(f"{len(status['policies'])} policies")
     parts.append(f"{events_per_s:.0f} events/s")
     parts.append(f"{sum(status.get('events', {}).values())} events")
