@@ -178,6 +178,12 @@ def test_install_starts_and_enables_the_service(machine, deb):
     for path in ("/usr/bin/tetrad", "/usr/share/man/man8/tetrad.8.gz",
                  "/usr/share/tetrad/bpf/process.c", "/etc/tetrad/policies"):
         machine.sh(f"test -e {path}")
+    # whatever policies and examples the checkout ships
+    for policy in REPO.glob("etc/tetrad/policies/*.y*ml"):
+        assert f"/etc/tetrad/policies/{policy.name}" in conffiles
+    for example in (REPO / "etc/tetrad/examples").glob("*"):
+        machine.sh(f"test -e /usr/share/doc/tetrad/examples/{example.name} -o "
+                   f"-e /usr/share/doc/tetrad/examples/{example.name}.gz")
 
 
 def test_unit_verifies_clean(machine):
