@@ -250,3 +250,23 @@ def test_write_event_uses_the_daemons_dict_and_files_get_the_line(journald, tmp_
     (entry,) = journald.receive()
     assert entry["TETRAD_POD"] == "xwing" and entry["TETRAD_EVENT"] == line
     assert (tmp_path / "events.log").read_text() == line + "\n"
+
+
+def test_event_type_is_the_key_besides_the_envelope():
+    from tetrad.journal import event_type
+    assert event_type(EXEC) == "process_exec"
+    limited = {"node_name": "n", "time": "t", "rate_limit_info": {"number_of_dropped_process_events": 3}}
+    assert event_type(limited) == "rate_limit_info"
+
+
+def test_odd_events_still_make_an_entry(journald):
+    exp = JournalExporter(socket_path=journald.path)
+    for event in ({"process_exec": "not an object"}, {"process_kprobe": {"process": {"pid": 0}}},
+                  {"process_exec": {"process": {"pid": 12, "binary": 5}}}):
+        exp.write_event(event, json.dumps(event))
+    entries = journald.receive()
+    assert [e["TETRAD_EVENT_TYPE"] for e in entries] == ["process_exec", "process_kprobe",
+                                                         "process_exec"]
+    assert entries[2]["TETRAD_PID"] == "12" and entries[2]["TETRAD_BINARY"] == "5"
+    assert "TETRAD_PID" not in entries[1]    # zero values are left out, as in the JSON
+    exp.close()

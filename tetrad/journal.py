@@ -61,18 +61,23 @@ def render_minimal(event: dict) -> str:
     encoder (tetra's `-o compact`, tetrad/encoder/compact.py) to
     JournalExporter; replace this then."""
     kind = event_type(event)
-    body = event.get(kind, {}) if kind else {}
-    proc = body.get("process", {})
+    body = _dict(event.get(kind))
+    proc = _dict(body.get("process"))
     words = [kind or "event", proc.get("binary", ""), proc.get("arguments", "")]
     if kind == "process_exit":
         words.append(body.get("signal") or str(body.get("status", 0)))
     return " ".join(w for w in words if w)
 
 
+# GetEventsResponse's fields around the event itself (its oneof).
+_ENVELOPE_KEYS = frozenset({"node_name", "time", "aggregation_info", "cluster_name", "node_labels"})
+
+
 def event_type(event: dict) -> str:
-    """The event's kind: its one key besides node_name/time/aggregation info."""
+    """The event's kind (process_exec, process_kprobe, rate_limit_info...):
+    its one key that is not part of the envelope."""
     for key in event:
-        if key.startswith("process_"):
+        if key not in _ENVELOPE_KEYS:
             return key
     return ""
 
@@ -80,10 +85,10 @@ def event_type(event: dict) -> str:
 def journal_fields(event: dict, line: str, message: str) -> list[tuple[str, str]]:
     """The entry for one event as (FIELD, value) pairs, empty values left out."""
     kind = event_type(event)
-    body = event.get(kind, {})
-    proc = body.get("process", {})
-    pod = proc.get("pod", {})
-    container = pod.get("container", {})
+    body = _dict(event.get(kind))
+    proc = _dict(body.get("process"))
+    pod = _dict(proc.get("pod"))
+    container = _dict(pod.get("container"))
     enforced = body.get("action") in ENFORCEMENT_ACTIONS
     fields = [
         ("MESSAGE", message),
@@ -91,7 +96,7 @@ def journal_fields(event: dict, line: str, message: str) -> list[tuple[str, str]
         ("SYSLOG_IDENTIFIER", IDENTIFIER),
         ("TETRAD_EVENT_TYPE", kind),
         ("TETRAD_EXEC_ID", proc.get("exec_id", "")),
-        ("TETRAD_PID", str(proc.get("pid", ""))),
+        ("TETRAD_PID", proc.get("pid", "")),
         ("TETRAD_BINARY", proc.get("binary", "")),
         ("TETRAD_POLICY", body.get("policy_name", "")),
         ("TETRAD_ACTION", body.get("action", "")),
@@ -100,7 +105,11 @@ def journal_fields(event: dict, line: str, message: str) -> list[tuple[str, str]
         ("TETRAD_CONTAINER_ID", container.get("id", "") or proc.get("docker", "")),
         ("TETRAD_EVENT", line),
     ]
-    return [(k, v) for k, v in fields if v]
+    return [(k, v if isinstance(v, str) else str(v)) for k, v in fields if v]
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def encode_entry(fields: list[tuple[str, str]]) -> bytes:
