@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import Daemon, execs_with, tetrad_cmd
-from tetrad.journal import JournalExporter, encode_entry, journal_fields
+from tetrad.journal import JournalExporter, encode_entry, journal_fields, render_minimal
 
 
 def parse_entry(data: bytes) -> dict[str, str]:
@@ -133,7 +133,9 @@ def test_absent_journald_counts_losses(tmp_path):
 
 
 def test_busy_journald_backlog_then_loss(journald):
-    exp = JournalExporter(socket_path=journald.path, backlog=50)
+    line = json.dumps(EXEC)
+    size = len(encode_entry(journal_fields(EXEC, line, render_minimal(EXEC))))
+    exp = JournalExporter(socket_path=journald.path, backlog_bytes=50 * size)
     n = 500   # far more than the socket queue (net.unix.max_dgram_qlen) holds
     for _ in range(n):
         exp.write(json.dumps(EXEC))
@@ -270,3 +272,23 @@ def test_odd_events_still_make_an_entry(journald):
     assert entries[2]["TETRAD_PID"] == "12" and entries[2]["TETRAD_BINARY"] == "5"
     assert "TETRAD_PID" not in entries[1]    # zero values are left out, as in the JSON
     exp.close()
+
+
+def test_entries_wait_while_journald_restarts(tmp_path):
+    j = FakeJournald(tmp_path / "j.sock")
+    exp = JournalExporter(socket_path=j.path)
+    exp.write(json.dumps(dict(EXEC, time="0")))
+    j.sock.close()                     # journald stops; its socket file stays
+    for n in range(1, 6):
+        exp.write(json.dumps(dict(EXEC, time=str(n))))
+        exp.flush()
+    assert exp.stats()["backlog"] == 5 and exp.stats()["lines_lost"] == 0
+    os.unlink(j.path)
+    j = FakeJournald(tmp_path / "j.sock")  # journald is back
+    exp.flush()
+    exp.write(json.dumps(dict(EXEC, time="6")))
+    times = [json.loads(e["TETRAD_EVENT"])["time"] for e in j.receive()]
+    assert times == [str(n) for n in range(1, 7)]    # in order, none lost
+    assert exp.stats()["lines_written"] == 7 and exp.stats()["lines_lost"] == 0
+    exp.close()
+    j.sock.close()

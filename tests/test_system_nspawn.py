@@ -257,6 +257,57 @@ def test_stalled_loop_is_restarted_by_the_watchdog(machine):
     assert "Watchdog timeout" in log, log[-2000:]
 
 
+def journal_exporter_stats(machine) -> dict:
+    status = json.loads(machine.sh("cat /run/tetrad/status.json").stdout)
+    return next(e for e in status["exporters"]["exporters"]
+                if e["path"] == "/run/systemd/journal/socket")
+
+
+def wait_for_journal_entry(machine, marker: str, timeout: float = 60) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = machine.journal_events(marker, "/bin/echo")
+        if entries:
+            return entries
+        time.sleep(0.3)
+    return []
+
+
+def test_without_journald_the_file_goes_on_and_nothing_is_lost_silently(machine):
+    machine.wait_active()
+    machine.sh("systemctl stop systemd-journald.socket systemd-journald-dev-log.socket "
+               "systemd-journald-audit.socket systemd-journald.service")
+    during = f"nojournald{time.time_ns()}"
+    try:
+        machine.sh(f"/bin/echo {during} >/dev/null")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            in_file = machine.sh(f"grep -c -F {during} /var/log/tetrad/tetrad.log",
+                                 check=False).stdout.strip()
+            if in_file not in ("", "0"):
+                break
+            time.sleep(0.3)
+        assert in_file not in ("", "0"), "the file export stopped with journald"
+        time.sleep(1.5)   # status.json is rewritten every second
+        stats = journal_exporter_stats(machine)
+        # entries wait for journald (bounded) or are counted as lost
+        assert stats["backlog"] > 0 or stats["lines_lost"] > 0, stats
+    finally:
+        machine.sh("systemctl start systemd-journald.socket systemd-journald-dev-log.socket "
+                   "systemd-journald.service")
+    after = f"journaldback{time.time_ns()}"
+    machine.sh(f"/bin/echo {after} >/dev/null")
+    assert wait_for_journal_entry(machine, after), (
+        "no journal entries after journald came back:\n"
+        + machine.sh("systemctl status --no-pager tetrad", check=False).stdout)
+    # what happened during the outage reached the journal late, or was counted
+    assert wait_for_journal_entry(machine, during, timeout=1) or \
+        journal_exporter_stats(machine)["lines_lost"] > 0
+    # Stopping journald (rather than restarting it) closed the service's
+    # stdout stream for good: start the service afresh for the next tests.
+    machine.sh("systemctl reset-failed tetrad; systemctl restart tetrad")
+
+
 def test_stop_leaves_no_bpf_program(machine):
     pid = machine.wait_active()
     ours = bpf_prog_ids_of(machine.host_pid(pid))

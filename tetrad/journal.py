@@ -12,9 +12,11 @@ structure.  The daemon's own log lines (stderr) carry no ``TETRAD_EVENT_TYPE``.
 The protocol is written here rather than through python3-systemd's
 ``journal.send``: that one blocks the caller while journald is busy, and its
 failures cannot be counted per entry.  Here the socket is non-blocking; an
-entry journald has no room for waits in a bounded backlog that every
-``flush()`` retries, and what does not fit is counted as lost, so a slow or
-absent journald never stalls the event loop nor the file export.
+entry journald has no room for, or that comes while journald restarts, waits
+in a bounded backlog retried on every write and flush, and what does not fit
+is counted as lost, so a slow or restarting journald never stalls the event
+loop nor the file export.  Without any journald (no systemd) entries are
+counted as lost straight away.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ from .exporter import Exporter
 log = logging.getLogger("tetrad.journal")
 
 IDENTIFIER = "tetrad"
-# Entries kept while journald's socket queue is full (about 2 KiB each).
-BACKLOG_ENTRIES = 8192
+# Bytes of entries kept while journald is busy or restarting (an entry is
+# 2-5 KiB, so about a thousand; a few seconds at a high event rate).
+BACKLOG_BYTES = 4 * 1024 * 1024
 WARN_EVERY_S = 10.0
 
 PRIORITY_WARNING = 4
@@ -136,13 +139,15 @@ class JournalExporter(Exporter):
     DEFAULT_SOCKET = "/run/systemd/journal/socket"
 
     def __init__(self, render: Callable[[dict], str] = render_minimal,
-                 socket_path: str = DEFAULT_SOCKET, backlog: int = BACKLOG_ENTRIES) -> None:
+                 socket_path: str = DEFAULT_SOCKET, backlog_bytes: int = BACKLOG_BYTES) -> None:
         self.path = socket_path
         self._render = render
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._backlog: collections.deque[bytes] = collections.deque()
-        self._backlog_max = backlog
+        self._backlog_bytes = 0
+        self._backlog_max = backlog_bytes
+        self._was_connected = False   # then a lost connection is a journald restart
         self._closed = False
         self._failing = False
         self._lines_written = 0
@@ -195,6 +200,7 @@ class JournalExporter(Exporter):
             self._closed = True
             self._lines_lost += len(self._backlog)
             self._backlog.clear()
+            self._backlog_bytes = 0
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
@@ -218,7 +224,7 @@ class JournalExporter(Exporter):
         while self._backlog:
             if not self._send(self._backlog[0]):
                 return
-            self._backlog.popleft()
+            self._backlog_bytes -= len(self._backlog.popleft())
 
     def _connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -229,11 +235,14 @@ class JournalExporter(Exporter):
             raise
         sock.setblocking(False)
         self._sock = sock
+        self._was_connected = True
 
     def _send(self, entry: bytes) -> bool:
         """True once journald has the entry or it is counted as lost; False
         when journald's queue is full and the entry should wait."""
-        if self._sock is None:   # journald absent: flush() tries to reconnect
+        if self._sock is None:   # flush() tries to reconnect
+            if self._was_connected:
+                return False     # journald restarting: wait in the backlog
             self._fail(ConnectionError(errno.ENOTCONN, "not connected"), lost=1)
             return True
         big = len(entry) > _MAX_DATAGRAM
@@ -251,8 +260,10 @@ class JournalExporter(Exporter):
                 if e.errno == errno.EMSGSIZE and not big:
                     big = True
                     continue
-                if e.errno in _RECONNECT_ERRORS and self._reconnect():
-                    continue
+                if e.errno in _RECONNECT_ERRORS:
+                    if self._reconnect():
+                        continue
+                    return False   # journald restarting: wait in the backlog
                 break
             else:
                 self._delivered(entry)
@@ -284,10 +295,11 @@ class JournalExporter(Exporter):
             os.close(fd)
 
     def _queue(self, entry: bytes) -> None:
-        if len(self._backlog) >= self._backlog_max:
+        if self._backlog_bytes + len(entry) > self._backlog_max:
             self._fail(BlockingIOError(errno.EAGAIN, "journald is not keeping up"), lost=1)
             return
         self._backlog.append(entry)
+        self._backlog_bytes += len(entry)
 
     def _delivered(self, entry: bytes) -> None:
         self._lines_written += 1
