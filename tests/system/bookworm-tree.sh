@@ -9,11 +9,11 @@ set -eu
 cache=${1:-/var/cache/tetrad-test}
 tree=$cache/bookworm
 # Bump when the package list changes, so old caches are rebuilt.
-version=2
+version=3
 # tetrad's runtime dependencies, preinstalled so that installing the .deb in
 # the test does not download them every run.
 deps="python3-bpfcc python3-yaml python3-psutil python3-pyroute2 python3-sdnotify \
-python3-pythonjsonlogger bpftool procps"
+python3-pythonjsonlogger python3-prometheus-client bpftool procps"
 
 mkdir -p "$cache"
 exec 9>"$cache/.lock"
