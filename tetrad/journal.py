@@ -133,7 +133,9 @@ class JournalExporter(Exporter):
 
     ``render(event) -> str`` makes MESSAGE.  Nothing here raises into the
     event loop; entries that cannot be delivered are counted in
-    ``lines_lost`` and reported by one warning per failure episode.
+    ``lines_lost`` and reported by a warning at most every WARN_EVERY_S.
+    ``stats()`` adds ``backlog`` (entries waiting for journald) and
+    ``render_errors`` to the usual exporter counters.
     """
 
     DEFAULT_SOCKET = "/run/systemd/journal/socket"
