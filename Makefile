@@ -3,7 +3,7 @@
 
 PYTEST_ARGS ?=
 
-.PHONY: run test test-kernel setup bench
+.PHONY: run test test-kernel setup bench deb
 
 setup:
 	@sh scripts/bootstrap.sh
@@ -25,3 +25,7 @@ test-kernel:
 
 bench: setup
 	.venv/bin/python benchmarks/exec_storm.py
+
+# dist/tetrad_<version>_all.deb (debhelper + dh-python), checked by lintian.
+deb:
+	sh scripts/build-deb.sh

@@ -15,6 +15,8 @@ PKGS="$PKGS python3-kubernetes"
 if [ "${1:-}" = --debian-packages ]; then echo "$PKGS"; exit 0; fi
 # The tests' own containers: a real containerd with runc, and busybox-static for their image.
 PKGS="$PKGS containerd runc busybox-static"
+# The system test boots a Debian tree under a real systemd (tests/test_system_nspawn.py).
+PKGS="$PKGS systemd-container debootstrap"
 # `make test-kernel`: also what builds and boots the kernel lane's guest.
 if [ "${1:-}" = --kernel-lane ]; then PKGS="$PKGS qemu-system-x86 debootstrap e2fsprogs"; fi
 

@@ -41,8 +41,9 @@ import yaml
 DEFAULT_CONFIG_DIR = "/etc/tetrad"
 
 # TETRAD_* variables that are not options but are read elsewhere in tetrad:
-# TETRAD_BPF_DIR (where the BPF sources live) and TETRAD_CONFIG_DIR (above).
-NON_OPTION_ENV = frozenset({"TETRAD_BPF_DIR", "TETRAD_CONFIG_DIR"})
+# TETRAD_BPF_DIR (where the BPF sources live), TETRAD_CONFIG_DIR (above) and
+# TETRAD_JOURNAL_SOCKET (journald's socket, for tests).
+NON_OPTION_ENV = frozenset({"TETRAD_BPF_DIR", "TETRAD_CONFIG_DIR", "TETRAD_JOURNAL_SOCKET"})
 
 _ENV_PREFIX = "TETRAD_"
 

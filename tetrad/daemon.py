@@ -18,7 +18,7 @@ import time
 from . import __version__
 from . import config as config_mod
 from . import features as features_mod
-from . import metrics, offsets, selftest
+from . import metrics, offsets, selftest, systemd
 from .api import commands as api_commands
 from .api.server import ApiServer, ServerError
 from .btf import Btf, BtfError
@@ -85,6 +85,11 @@ class Daemon:
         self.metrics_server = None
         self.policies_snapshot: list | None = None
         self._rate_samples: list = []
+        self.notifier = systemd.ServiceNotifier()
+        self.reload_requested = False
+        # Run on SIGHUP (`systemctl reload tetrad`): each re-reads what it owns
+        # (the policy engine adds its own).  Called from the event loop.
+        self.reload_hooks: list = []
 
     # -- start-up -------------------------------------------------------------
     def start(self) -> None:
@@ -112,7 +117,8 @@ class Daemon:
         log.info("process sensor: raw tracepoints sched_process_exec, sched_process_fork, "
                  "sched_process_exit; ring buffer %d KiB", pages * 4)
         self.sensor.open(self._on_record)
-        observed = selftest.run(self.sensor, self._poll_selftest, self.cgroup_root)
+        observed = selftest.run(self.sensor, self._poll_selftest, self.cgroup_root,
+                                 procfs=cfg.procfs)
         log.info("self-test passed: ppid, loginuid, cwd, cgroup id, credentials, namespaces "
                  "and argv read through BTF offsets match /proc (cwd %s)", observed["cwd"])
 
@@ -140,6 +146,7 @@ class Daemon:
         self._start_api()
         self.startup_s = time.monotonic() - t0
         log.info("ready in %.2fs", self.startup_s)
+        self.notifier.ready(systemd.status_line(self.status(), 0.0))
 
     def _start_api(self) -> None:
         """The unix socket (getevents, status, tracingpolicy) and metrics."""
@@ -192,7 +199,10 @@ class Daemon:
             self.api.publish(kind, event, line)
         exported = controls.select(event, line)
         if exported is not None:
-            self.exporters.write(exported)
+            self.event_stats.exported(exported)
+            # the dict goes too (the journal takes fields from it); field filters
+            # change the line only, so the dict then comes from the line
+            self.exporters.write_event(event if exported is line else json.loads(exported), exported)
 
     def _report_rate_limit(self) -> None:
         """Announce what the export rate limit dropped (Tetragon's rate_limit_info)."""
@@ -217,6 +227,10 @@ class Daemon:
             if self.api is not None:
                 self.api.run_commands()
             now = time.monotonic()
+            self.notifier.tick(now)
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload()
             if now >= next_flush:
                 self.exporters.flush()
                 next_flush = now + FLUSH_EVERY_S
@@ -241,6 +255,21 @@ class Daemon:
         self._rate_samples = [s for s in self._rate_samples if now - s[0] <= RATE_WINDOW_S]
         self._rate_samples.append((now, dict(self.event_stats.by_type)))
         self.write_status()
+        self.notifier.refresh_status(time.monotonic(), self.status)
+
+    def reload(self) -> None:
+        """Re-read what can change without a restart, telling systemd.
+        A hook that fails is logged; the daemon keeps what it had."""
+        log.info("reloading")
+        self.notifier.reloading()
+        for hook in self.reload_hooks:
+            try:
+                hook()
+            except Exception as e:
+                log.error("reload: %s failed: %s", getattr(hook, "__qualname__", hook), e)
+            self.notifier.tick(time.monotonic())   # a slow compile is not a stall
+        self.notifier.ready(systemd.status_line(self.status(), 0.0))
+        log.info("reloaded")
 
     def _refresh_policies(self) -> None:
         """Policies and their state, for status; kept for metrics, which read
@@ -302,6 +331,10 @@ class Daemon:
     def request_stop(self, signum, _frame) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
         self.stopping = True
+        self.notifier.stopping()
+
+    def request_reload(self, _signum, _frame) -> None:
+        self.reload_requested = True
 
     def close(self) -> None:
         if self.api is not None:
@@ -331,6 +364,7 @@ def run(cfg) -> int:
     daemon = Daemon(cfg)
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)
+    signal.signal(signal.SIGHUP, daemon.request_reload)
     try:
         daemon.start()
         daemon.write_status()

@@ -55,6 +55,12 @@ class EventStats:
         self.by_type: collections.Counter = collections.Counter()
         self.by_policy: collections.Counter = collections.Counter()
         self.latency: dict[str, LatencyHistogram] = collections.defaultdict(LatencyHistogram)
+        self.exported_events = 0   # once per event, however many exporters take it
+        self.exported_bytes = 0
+
+    def exported(self, line: str) -> None:
+        self.exported_events += 1
+        self.exported_bytes += len(line) + 1
 
     def count(self, kind: str, event: dict) -> None:
         self.by_type[kind] += 1
@@ -97,11 +103,10 @@ class DaemonCollector:
         yield CounterMetricFamily("tetrad_export_filtered_events",
                                   "Number of events the export allow/deny lists filtered out",
                                   value=export.filtered_out if export else 0)
-        outputs = (d.exporters.stats().get("exporters", []) if getattr(d, "exporters", None) else [])
         yield CounterMetricFamily("tetrad_events_exported", "Total number of events exported",
-                                  value=sum(o.get("lines_written", 0) for o in outputs))
+                                  value=stats.exported_events)
         yield CounterMetricFamily("tetrad_events_exported_bytes", "Number of bytes exported for events",
-                                  value=sum(o.get("bytes_written", 0) for o in outputs))
+                                  value=stats.exported_bytes)
         api = d.api
         yield CounterMetricFamily("tetrad_api_slow_client_events_dropped",
                                   "Events dropped for API clients that fell behind",

@@ -89,6 +89,9 @@ def main(args) -> int:
         print("  events: " + (", ".join(f"{k} {v}" for k, v in sorted(d["events"].items())) or "none"))
         lost = d.get("lost_in_kernel") or {}
         print("  lost in kernel: " + (", ".join(f"{k} {v}" for k, v in sorted(lost.items())) or "0"))
+        for exp in (d.get("exporters") or {}).get("exporters", []):
+            print(f"  export to {exp['path']}: {exp['lines_written']} written, "
+                  f"{exp['lines_lost']} lost")
         cache = d.get("process_cache", {})
         print(f"  process cache: {cache.get('size', 0)} entries, {cache.get('evictions', 0)} evictions")
         ct = d.get("containers") or {}
