@@ -15,7 +15,8 @@ import time
 import pytest
 
 from conftest import Daemon, execs_with, tetrad_cmd
-from tetrad.journal import JournalExporter, encode_entry, journal_fields, render_minimal
+from tetrad.encoder.compact import CompactEncoder
+from tetrad.journal import JournalExporter, encode_entry, journal_fields
 
 
 def parse_entry(data: bytes) -> dict[str, str]:
@@ -134,7 +135,7 @@ def test_absent_journald_counts_losses(tmp_path):
 
 def test_busy_journald_backlog_then_loss(journald):
     line = json.dumps(EXEC)
-    size = len(encode_entry(journal_fields(EXEC, line, render_minimal(EXEC))))
+    size = len(encode_entry(journal_fields(EXEC, line, CompactEncoder(color="never").encode(EXEC))))
     exp = JournalExporter(socket_path=journald.path, backlog_bytes=50 * size)
     n = 500   # far more than the socket queue (net.unix.max_dgram_qlen) holds
     for _ in range(n):
@@ -176,7 +177,9 @@ def test_daemon_sends_events_and_keeps_the_file(tmp_path, journald):
             lambda got: any(mark in e.get("TETRAD_EVENT", "") for e in got))
         entry = next(e for e in entries if mark in e["TETRAD_EVENT"])
         assert entry["TETRAD_EVENT_TYPE"] == "process_exec"
-        assert entry["TETRAD_BINARY"] == "/bin/echo" and mark in entry["MESSAGE"]
+        assert entry["TETRAD_BINARY"] == "/bin/echo"
+        # MESSAGE is the line `tetrad getevents -o compact --color never` prints
+        assert entry["MESSAGE"] == f"\U0001F680 process {os.uname().nodename} /bin/echo {mark}"
         event = json.loads(entry["TETRAD_EVENT"])
         assert entry["TETRAD_PID"] == str(event["process_exec"]["process"]["pid"])
         assert entry["TETRAD_EXEC_ID"] == event["process_exec"]["process"]["exec_id"]
