@@ -94,7 +94,10 @@ class Machine:
         return r
 
     def main_pid(self) -> int:
-        return int(self.sh("systemctl show -P MainPID tetrad").stdout)
+        pid = int(self.sh("systemctl show -P MainPID tetrad").stdout)
+        # 0 (not running) must never reach `kill`: `kill -9 0` would hit our own process group
+        assert pid > 0, "tetrad.service has no main process"
+        return pid
 
     def host_pid(self, pid: int) -> int:
         """The host's pid of a process of this container."""
