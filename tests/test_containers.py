@@ -163,6 +163,15 @@ def test_pod_of_exec_in_containers_started_before_and_after_the_daemon(ctd, star
     probe = subprocess.run(tetrad_cmd() + ["probe", f"--server-address=unix://{d.sock}"],
                            capture_output=True, text=True, check=True).stdout
     assert f"containerd {ctd.socket}: connected, " in probe
+    # `getevents --namespaces default --pods xwing` selects exactly that pod's events
+    out = subprocess.run(tetrad_cmd() + ["getevents", "--file", str(d.export), "--namespaces", "default",
+                                         "--pods", "xwing", "-o", "compact", "--color", "never"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    (xwing_mark,) = [m for m, (pod, _, _) in marks.items() if pod.name == "xwing"]
+    (ywing_mark,) = [m for m, (pod, _, _) in marks.items() if pod.name == "ywing"]
+    assert out and all(" default/xwing " in line for line in out), out[:5]
+    assert any(xwing_mark in line and line.startswith("\U0001F680 process") for line in out)
+    assert not any(ywing_mark in line or host_mark in line for line in out)
 
 
 def containers_status(d) -> dict:
