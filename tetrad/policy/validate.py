@@ -16,7 +16,7 @@ MAX_NAMESPACE_VALUES = 4     # values per matchNamespaces entry
 MAX_NAMESPACE_FILTERS = 10
 MAX_ARGS = 5                 # traced arguments per hook
 MAX_ARG_INDEX = 5            # kprobe/syscall arguments are 0..5
-PREFIX_MAX_LEN = 256
+PREFIX_MAX_LEN = 252         # Tetragon: 256; tetrad's LPM keys also hold a 4-byte selector slot
 POSTFIX_MAX_LEN = 127
 STRING_MAX_LEN = 4096
 
