@@ -22,6 +22,8 @@ from .btf import Btf, BtfError
 from .events import EventBuilder
 from .exporter import build_exporters
 from .observer import Observer
+from .poller import Poller
+from .policy.manager import PolicyManager
 from .process import procfs
 from .process.cache import ProcessCache
 from .process.model import NAMESPACE_NAMES
@@ -70,6 +72,9 @@ class Daemon:
         self._ready = False
         self._selftest_records: list = []
         self.lost_reported: dict[str, int] = {}
+        self.poller = Poller()
+        self.policies: PolicyManager | None = None
+        self.reload_requested = False
 
     # -- start-up -------------------------------------------------------------
     def start(self) -> None:
@@ -86,6 +91,10 @@ class Daemon:
             macros = offsets.resolve(btf)
         except (OSError, BtfError, offsets.OffsetError) as e:
             raise StartupError(f"cannot resolve kernel struct offsets from {cfg.btf}: {e}") from e
+        try:
+            policy_macros = offsets.resolve(btf, offsets.PROCESS_MEMBERS + offsets.POLICY_MEMBERS)
+        except offsets.OffsetError as e:
+            raise StartupError(f"cannot resolve the offsets tracing policies need: {e}") from e
         pages = ring_pages(cfg.rb_size or cfg.rb_size_total, os.cpu_count() or 1)
         self.sensor = ProcessSensor(macros, pages)
         log.info("process sensor: raw tracepoints sched_process_exec, sched_process_fork, "
@@ -111,8 +120,21 @@ class Daemon:
         pending, self._pending = self._pending, []
         for rec in pending:
             self.observer.handle(rec)
+        self.poller.register(self.sensor.fileno(), lambda: self.sensor.poll(0))
+        self.start_policies(policy_macros, pages)
         self.startup_s = time.monotonic() - t0
         log.info("ready in %.2fs", self.startup_s)
+
+    def start_policies(self, macros: dict, rb_pages: int) -> None:
+        """The TracingPolicy engine (tetrad/policy/): its events go where the process events go."""
+        self.policies = PolicyManager(
+            self.cfg.tracing_policy_dir, self.features, macros, rb_pages,
+            emit=self.observer.emit, builder=self.builder, cache=self.cache, poller=self.poller,
+            extra_file=self.cfg.tracing_policy, procfs=self.cfg.procfs)
+        self.policies.start()
+
+    def request_reload(self, _signum, _frame) -> None:
+        self.reload_requested = True
 
     def _on_record(self, rec) -> None:
         if self._ready:
@@ -134,7 +156,12 @@ class Daemon:
         next_flush = next_tick = time.monotonic()
         next_clock = next_tick + 60
         while not self.stopping:
-            self.sensor.poll(POLL_MS)
+            self.poller.wait(POLL_MS)
+            if self.reload_requested:
+                self.reload_requested = False
+                log.info("SIGHUP: re-reading tracing policies")
+                self.policies.reload()
+            self.policies.tick()
             now = time.monotonic()
             if now >= next_flush:
                 self.exporters.flush()
@@ -154,6 +181,11 @@ class Daemon:
             if total > before:
                 log.warning("kernel dropped %d %s records (ring buffer full); %d in total. "
                             "Raise --rb-size.", total - before, kind, total)
+        policy_lost = self.policies.lost()
+        if policy_lost > self.lost_reported.get("policy", 0):
+            log.warning("kernel dropped %d policy records (ring buffer full); %d in total. "
+                        "Raise --rb-size.", policy_lost - self.lost_reported.get("policy", 0), policy_lost)
+        lost["policy"] = policy_lost
         self.lost_reported = lost
         self.write_status()
 
@@ -167,6 +199,7 @@ class Daemon:
             "process_cache": self.cache.stats(),
             "exporters": self.exporters.stats() if self.exporters else {},
             "features": self.features.to_dict() if self.features else {},
+            "policies": self.policies.list() if self.policies else [],
         }
 
     def write_status(self) -> None:
@@ -186,6 +219,8 @@ class Daemon:
         self.stopping = True
 
     def close(self) -> None:
+        if self.policies is not None:
+            self.policies.close()
         if self.sensor is not None:
             # drain what the kernel already queued, then detach
             try:
@@ -205,6 +240,7 @@ def run(cfg) -> int:
     daemon = Daemon(cfg)
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)
+    signal.signal(signal.SIGHUP, daemon.request_reload)
     try:
         daemon.start()
         daemon.write_status()

@@ -20,10 +20,33 @@ from pathlib import Path
 SCHEMA_FILE = Path(__file__).with_name("tracingpolicy-spec.schema.json")
 
 
+# Actions older Tetragon releases had and users' policies still use; newer
+# CRDs dropped them from the enum, tetrad accepts them (with their fields).
+FD_ACTIONS = ("FollowFD", "UnfollowFD", "CopyFD")
+FD_ACTION_FIELDS = ("argFd", "argName")
+
+
 @functools.cache
 def spec_schema() -> dict:
     with open(SCHEMA_FILE) as f:
-        return json.load(f)
+        schema = json.load(f)
+    _add_fd_actions(schema)
+    return schema
+
+
+def _add_fd_actions(node) -> None:
+    if isinstance(node, dict):
+        props = node.get("properties")
+        if props and "action" in props and "Sigkill" in props["action"].get("enum", ()):
+            props["action"]["enum"] = props["action"]["enum"] + [a for a in FD_ACTIONS
+                                                                 if a not in props["action"]["enum"]]
+            for name in FD_ACTION_FIELDS:
+                props.setdefault(name, {"type": "integer", "format": "int32", "minimum": 0})
+        for value in node.values():
+            _add_fd_actions(value)
+    elif isinstance(node, list):
+        for value in node:
+            _add_fd_actions(value)
 
 
 _INT_RANGES = {"int32": (-(1 << 31), (1 << 31) - 1), "int64": (-(1 << 63), (1 << 63) - 1),

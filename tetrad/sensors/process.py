@@ -42,6 +42,10 @@ class ProcessSensor:
         self._cb = _cb  # keep a reference: BCC holds only a C pointer to it
         self.bpf["events"].open_ring_buffer(_cb)
 
+    def fileno(self) -> int:
+        """The ring buffer's fd, for epoll (tetrad/poller.py)."""
+        return self.bpf["events"].map_fd
+
     def poll(self, timeout_ms: int) -> None:
         self.bpf.ring_buffer_poll(timeout_ms)
 
