@@ -2,6 +2,7 @@
 
     tetrad run        the daemon (tetrad/daemon.py)
     tetrad probe      what the kernel offers and what tetrad chose (tetrad/probe.py)
+    tetrad tracingpolicy list   the daemon's tracing policies (tetrad/policy/cli.py)
     tetrad version
 """
 
@@ -27,6 +28,11 @@ def _cmd_probe(args) -> int:
     return probe.main(args)
 
 
+def _cmd_tracingpolicy_list(args) -> int:
+    from .policy import cli
+    return cli.list_main(args)
+
+
 def _cmd_version(args) -> int:
     print(f"tetrad {__version__}")
     return 0
@@ -47,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--server-address", default=None,
                        help="the daemon whose counters to show (default: as configured)")
     probe.set_defaults(func=_cmd_probe)
+
+    tp = sub.add_parser("tracingpolicy", help="tracing policies of the running daemon")
+    tp_sub = tp.add_subparsers(dest="tp_command", metavar="COMMAND")
+    tp_sub.required = True
+    tp_list = tp_sub.add_parser("list", help="each policy's file, state and per-hook backend")
+    tp_list.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    tp_list.add_argument("--server-address", default=None,
+                         help="the daemon to ask (default: as configured)")
+    tp_list.set_defaults(func=_cmd_tracingpolicy_list)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)

@@ -41,7 +41,7 @@ OPS = {
     "Equal": 1, "NotEqual": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6,
     "GreaterThan": 7, "GT": 7, "LessThan": 8, "LT": 8, "Mask": 9, "InRange": 10,
     "NotInRange": 11, "SPort": 12, "NotSPort": 13, "SPortPriv": 14, "NotSPortPriv": 15,
-    "DPort": 16, "NotDPort": 17, "DPortPriv": 18, "NotDPortPriv": 19, "SAddr": 20,
+    "NotSportPriv": 15, "DPort": 16, "NotDPort": 17, "DPortPriv": 18, "NotDPortPriv": 19, "SAddr": 20,
     "NotSAddr": 21, "DAddr": 22, "NotDAddr": 23, "Protocol": 24, "Family": 25, "In": 26,
     "NotIn": 27,
 }
@@ -295,7 +295,15 @@ class PolicyProgram:
         self.bpf["selectors"][ctypes.c_int(idx)] = conf
 
     def _host_ns(self, name: str) -> int:
-        return os.stat(f"{self.procfs}/1/ns/{NAMESPACE_PROC[NAMESPACE_INDEX[name]]}").st_ino
+        """host_ns: PID 1's namespace; the daemon's own where PID 1's cannot be
+        read (a sandbox that hides PID 1: the daemon then runs in the host's)."""
+        ns = NAMESPACE_PROC[NAMESPACE_INDEX[name]]
+        try:
+            return os.stat(f"{self.procfs}/1/ns/{ns}").st_ino
+        except OSError:
+            log.warning("cannot read %s/1/ns/%s; host_ns is the daemon's own %s namespace",
+                        self.procfs, ns, ns)
+            return os.stat(f"/proc/self/ns/{ns}").st_ino
 
     def _configure_match(self, c, slot: int, pos: int, match: dict, arg_type: str) -> None:
         op = match["operator"]

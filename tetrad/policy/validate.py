@@ -33,10 +33,10 @@ SOCK_TYPES = {"sock", "sockaddr"}
 STRING_OPS = {"Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix"}
 INT_OPS = {"Equal", "NotEqual", "GreaterThan", "GT", "LessThan", "LT", "Mask", "InRange",
            "NotInRange"}
-SOCK_OPS = {"SPort", "NotSPort", "SPortPriv", "NotSPortPriv", "DPort", "NotDPort", "DPortPriv",
+SOCK_OPS = {"SPort", "NotSPort", "SPortPriv", "NotSPortPriv", "NotSportPriv", "DPort", "NotDPort", "DPortPriv",
             "NotDPortPriv", "SAddr", "NotSAddr", "DAddr", "NotDAddr", "Protocol", "Family"}
-SOCKADDR_OPS = {"SPort", "NotSPort", "SPortPriv", "NotSPortPriv", "SAddr", "NotSAddr", "Family"}
-NO_VALUE_OPS = {"SPortPriv", "NotSPortPriv", "DPortPriv", "NotDPortPriv"}
+SOCKADDR_OPS = {"SPort", "NotSPort", "SPortPriv", "NotSPortPriv", "NotSportPriv", "SAddr", "NotSAddr", "Family"}
+NO_VALUE_OPS = {"SPortPriv", "NotSPortPriv", "NotSportPriv", "DPortPriv", "NotDPortPriv"}
 BINARY_OPS = {"In", "NotIn", "Prefix", "NotPrefix", "Postfix", "NotPostfix"}
 ACTIONS = {"Post", "NoPost", "FollowFD", "UnfollowFD", "CopyFD", "Signal", "Sigkill"}
 SELECTOR_KEYS = {"matchPIDs", "matchArgs", "matchReturnArgs", "matchBinaries",
