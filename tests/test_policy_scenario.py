@@ -1,0 +1,139 @@
+"""The guide's scenario on loopback, with the two example policies shipped in
+etc/tetrad/examples (sys-read-follow-prefix and connect), against the real
+kernel: a client opens and reads files under /etc/ and one outside, connects
+to a local listener, sends 74 bytes, closes and exits."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from conftest import REPO, exits_of, tetrad_cmd
+from policytools import WORKLOAD_PYTHON, kprobe_events, settle, start_with_policies
+
+EXAMPLES = REPO / "etc" / "tetrad" / "examples"
+ETC_FILES = [p for p in ("/etc/hostname", "/etc/passwd", "/etc/group")
+             if os.path.isfile(p) and not os.path.islink(p)]
+
+CLIENT = """
+import os, socket, sys
+for path in sys.argv[3:]:
+    fd = os.open(path, os.O_RDONLY)
+    os.read(fd, 4096)
+    os.close(fd)
+c = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+print(json.dumps(c.getsockname()), flush=True)
+c.sendall(b"x" * 74)
+c.close()
+"""
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    policies = {p.name: p.read_text() for p in sorted(EXAMPLES.glob("*.yaml"))}
+    daemon = start_with_policies(tmp_path_factory.mktemp("scenario"), policies)
+    yield daemon
+    daemon.stop()
+
+
+def test_examples_are_the_guides_policies():
+    names = sorted(json.loads(json.dumps(__import__("yaml").safe_load(p.read_text())))["metadata"]["name"]
+                   for p in EXAMPLES.glob("*.yaml"))
+    assert names == ["connect", "sys-read-follow-prefix"]
+
+
+def test_guide_scenario(d, tmp_path):
+    assert len(ETC_FILES) >= 2
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not under /etc\n")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    received = []
+
+    def serve():
+        conn, _ = listener.accept()
+        data = b""
+        while chunk := conn.recv(1024):
+            data += chunk
+        received.append(data)
+        conn.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    proc = subprocess.Popen([WORKLOAD_PYTHON, "-c", "import json\n" + CLIENT, "scenario", str(port),
+                             *ETC_FILES, str(outside)], stdout=subprocess.PIPE, text=True)
+    stdout, _ = proc.communicate(timeout=30)
+    t.join(10)
+    listener.close()
+    assert proc.returncode == 0
+    assert received == [b"x" * 74]
+    sport = json.loads(stdout)[1]
+    pid = proc.pid
+    events = settle(d, 2.0)
+    mine = kprobe_events(events, pid)
+
+    def of(fn):
+        return [b for b in mine if b["function_name"] == fn]
+
+    installs = {b["args"][1]["file_arg"]["path"]: b["args"][0]["int_arg"] for b in of("fd_install")}
+    for path in ETC_FILES:
+        assert path in installs, f"no open event for {path}: {sorted(installs)}"
+        assert installs[path] >= 0
+    assert not any(p.startswith(str(tmp_path)) for p in installs), "a file outside /etc/ was followed"
+    assert all(p.startswith("/etc/") for p in installs)
+    assert all(b["action"] == "KPROBE_ACTION_FOLLOWFD" for b in of("fd_install"))
+
+    reads = [b for b in of("sys_read") if b["args"][0]["file_arg"]["path"] in ETC_FILES]
+    for path in ETC_FILES:
+        want = open(path, "rb").read()[:4096]
+        got = [base64.b64decode(b["args"][1]["bytes_arg"]) for b in reads if b["args"][0]["file_arg"]["path"] == path]
+        assert got == [want], f"read of {path}"
+        [size] = [b["args"][2]["size_arg"] for b in reads if b["args"][0]["file_arg"]["path"] == path]
+        assert size == "4096"
+    # reads and writes of fds that are not followed do not appear at all
+    assert all(b["args"][0]["file_arg"]["path"].startswith("/etc/") for b in of("sys_read") + of("sys_write"))
+    closes = [b["args"][0]["int_arg"] for b in of("sys_close")]
+    for path in ETC_FILES:
+        assert installs[path] in closes
+
+    four = ("127.0.0.1", sport, "127.0.0.1", port)
+
+    def tuple_of(b):
+        s = b["args"][0]["sock_arg"]
+        return s["saddr"], s["sport"], s["daddr"], s["dport"]
+
+    [connect] = of("tcp_connect")
+    assert tuple_of(connect) == four
+    assert connect["args"][0]["sock_arg"]["protocol"] == "IPPROTO_TCP"
+    sends = of("tcp_sendmsg")
+    assert [(tuple_of(b), b["args"][1]["int_arg"]) for b in sends] == [(four, 74)]
+    assert four in [tuple_of(b) for b in of("tcp_close")]
+    [exit_event] = exits_of(events, pid)
+    assert "status" not in exit_event and "signal" not in exit_event   # exit 0
+    for b in mine:
+        assert b["policy_name"] in ("sys-read-follow-prefix", "connect")
+        if b["function_name"] != "sys_close":   # the forked child closes fds before its exec
+            assert b["process"].get("binary") == WORKLOAD_PYTHON, b
+
+
+def test_tracingpolicy_list_shows_backends(d):
+    out = subprocess.run(tetrad_cmd() + ["tracingpolicy", "list", "-o", "json",
+                                         f"--server-address=unix://{d.sock}"],
+                         capture_output=True, text=True, check=True)
+    pols = {p["name"]: p for p in json.loads(out.stdout)}
+    assert pols["sys-read-follow-prefix"]["state"] == "loaded"
+    backends = {h["hook"]: h["backend"] for h in pols["sys-read-follow-prefix"]["hooks"]}
+    assert backends["kprobe sys_read"] in ("syscall-tracepoints", "kprobe")
+    assert backends["kprobe fd_install"] in ("tracepoint-equivalent", "kprobe")
+    text = subprocess.run(tetrad_cmd() + ["tracingpolicy", "list", f"--server-address=unix://{d.sock}"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "connect  tcp-connect.yaml[0]  loaded" in text
+    assert "kprobe tcp_sendmsg: " in text
