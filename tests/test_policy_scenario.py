@@ -77,7 +77,8 @@ def test_guide_scenario(d, tmp_path):
     assert received == [b"x" * 74]
     sport = json.loads(stdout)[1]
     pid = proc.pid
-    events = settle(d, 2.0)
+    d.wait_for(lambda ev: exits_of(ev, pid), what="the client's exit")
+    events = settle(d, 1.0)
     mine = kprobe_events(events, pid)
 
     def of(fn):
@@ -85,7 +86,9 @@ def test_guide_scenario(d, tmp_path):
 
     installs = {b["args"][1]["file_arg"]["path"]: b["args"][0]["int_arg"] for b in of("fd_install")}
     for path in ETC_FILES:
-        assert path in installs, f"no open event for {path}: {sorted(installs)}"
+        assert path in installs, (f"no open event for {path}: {sorted(installs)}",
+                                  [(b["function_name"], b["args"]) for b in mine][:20],
+                                  [b["function_name"] for e in events for b in [e.get("process_kprobe")] if b and "scenario" in str(b)][:5])
         assert installs[path] >= 0
     assert not any(p.startswith(str(tmp_path)) for p in installs), "a file outside /etc/ was followed"
     assert all(p.startswith("/etc/") for p in installs)
@@ -110,7 +113,9 @@ def test_guide_scenario(d, tmp_path):
         s = b["args"][0]["sock_arg"]
         return s["saddr"], s["sport"], s["daddr"], s["dport"]
 
-    [connect] = of("tcp_connect")
+    connects = of("tcp_connect")
+    assert len(connects) == 1, [(b["function_name"], b["args"]) for b in mine if "sock_arg" in str(b)]
+    connect = connects[0]
     assert tuple_of(connect) == four
     assert connect["args"][0]["sock_arg"]["protocol"] == "IPPROTO_TCP"
     sends = of("tcp_sendmsg")
@@ -121,7 +126,8 @@ def test_guide_scenario(d, tmp_path):
     for b in mine:
         assert b["policy_name"] in ("sys-read-follow-prefix", "connect")
         if b["function_name"] != "sys_close":   # the forked child closes fds before its exec
-            assert b["process"].get("binary") == WORKLOAD_PYTHON, b
+            assert b["process"].get("binary") == WORKLOAD_PYTHON, (
+                b, [e for e in events if e.get("process_exec", {}).get("process", {}).get("pid") == pid])
 
 
 def test_tracingpolicy_list_shows_backends(d):

@@ -120,7 +120,7 @@ class Daemon:
         pending, self._pending = self._pending, []
         for rec in pending:
             self.observer.handle(rec)
-        self.poller.register(self.sensor.fileno(), lambda: self.sensor.poll(0))
+        self.poller.register(self.sensor.fileno(), self.sensor.consume)
         self.start_policies(policy_macros, pages)
         self.startup_s = time.monotonic() - t0
         log.info("ready in %.2fs", self.startup_s)
@@ -130,7 +130,8 @@ class Daemon:
         self.policies = PolicyManager(
             self.cfg.tracing_policy_dir, self.features, macros, rb_pages,
             emit=self.observer.emit, builder=self.builder, cache=self.cache, poller=self.poller,
-            extra_file=self.cfg.tracing_policy, procfs=self.cfg.procfs)
+            extra_file=self.cfg.tracing_policy, procfs=self.cfg.procfs,
+            sync_processes=self.sensor.consume)
         self.policies.start()
 
     def request_reload(self, _signum, _frame) -> None:

@@ -14,6 +14,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from ..process import flags as pflags
 from ..timefmt import rfc3339
 from .model import HOOK_KPROBE, HOOK_TRACEPOINT, Hook, Policy
 from .program import ACTION_NAMES, POS_RET
@@ -113,15 +114,26 @@ def render_arg(type_name: str, raw: bytes, label: str = "") -> dict | None:
 class PolicyEvents:
     """Builds the events of one policy's records."""
 
-    def __init__(self, policy: Policy, builder, cache):
+    def __init__(self, policy: Policy, builder, cache, sync_processes=lambda: None):
+        """`sync_processes()` drains the process sensor: a policy record can be
+        consumed before the exec record of its process, which sits in another
+        ring buffer."""
         self.policy = policy
         self.builder = builder
         self.cache = cache
+        self.sync_processes = sync_processes
+
+    def _process(self, pid: int):
+        proc = self.cache.find(pid)
+        if proc is None or proc.flags & pflags.CLONE:
+            self.sync_processes()
+            proc = self.cache.find(pid)
+        return proc
 
     def build(self, rec: PolicyRecord) -> tuple[str, dict]:
         hook: Hook = self.policy.hooks[rec.hook]
         body: dict = {}
-        proc = self.cache.current(rec.pid)
+        proc = self._process(rec.pid)
         if proc is not None:
             body["process"] = self.builder.process_json(proc)
             parent = self.cache.parent_of(proc)

@@ -53,8 +53,10 @@ class Entry:
 
 class PolicyManager:
     def __init__(self, directory: str, features, macros: dict, rb_pages: int, emit,
-                 builder, cache, poller, extra_file: str = "", procfs: str = "/proc"):
-        """`emit(kind, event)` receives each policy event."""
+                 builder, cache, poller, extra_file: str = "", procfs: str = "/proc",
+                 sync_processes=lambda: None):
+        """`emit(kind, event)` receives each policy event; `sync_processes()`
+        drains the process sensor (see PolicyEvents)."""
         self.directory = directory
         self.features = features
         self.macros = macros
@@ -65,6 +67,7 @@ class PolicyManager:
         self.poller = poller
         self.extra_file = extra_file
         self.procfs = procfs
+        self.sync_processes = sync_processes
         self.entries: list[Entry] = []
         self.counts = {"events": 0, "decode_errors": 0}
         self.watcher: DirectoryWatcher | None = None
@@ -241,7 +244,7 @@ class PolicyManager:
             log.error("policy %s not loaded: %s", e.name, e.error)
             return
         e.program = program
-        self._builders[id(program)] = PolicyEvents(e.policy, self.builder, self.cache)
+        self._builders[id(program)] = PolicyEvents(e.policy, self.builder, self.cache, self.sync_processes)
         self.poller.register(program.fileno(), program.consume)
         log.info("policy %s loaded from %s in %.2fs: %s", e.name, e.file, time.monotonic() - started,
                  "; ".join(f"{h.kind} {h.name} -> {p.describe()}" for h, p in zip(e.policy.hooks, e.plans)))

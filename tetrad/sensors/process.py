@@ -46,6 +46,10 @@ class ProcessSensor:
         """The ring buffer's fd, for epoll (tetrad/poller.py)."""
         return self.bpf["events"].map_fd
 
+    def consume(self) -> None:
+        """Handle every queued record now, without waiting for a wakeup."""
+        self.bpf.ring_buffer_consume()
+
     def poll(self, timeout_ms: int) -> None:
         self.bpf.ring_buffer_poll(timeout_ms)
 
