@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from conftest import REPO, exits_of, tetrad_cmd
-from policytools import WORKLOAD_PYTHON, kprobe_events, settle, start_with_policies
+from policytools import WORKLOAD_PYTHON, kprobe_events, settle, start_with_policies, status
 
 EXAMPLES = REPO / "etc" / "tetrad" / "examples"
 ETC_FILES = [p for p in ("/etc/hostname", "/etc/passwd", "/etc/group")
@@ -48,10 +48,11 @@ def test_examples_are_the_guides_policies():
     assert names == ["connect", "sys-read-follow-prefix"]
 
 
-def test_guide_scenario(d, tmp_path):
-    assert len(ETC_FILES) >= 2
-    outside = tmp_path / "outside.txt"
-    outside.write_text("not under /etc\n")
+def _policy_records_lost(d) -> int:
+    return sum(p.get("lost", 0) for p in status(d).get("policies", []))
+
+
+def _run_client(d, outside, port_holder):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -75,10 +76,26 @@ def test_guide_scenario(d, tmp_path):
     listener.close()
     assert proc.returncode == 0
     assert received == [b"x" * 74]
-    sport = json.loads(stdout)[1]
-    pid = proc.pid
-    d.wait_for(lambda ev: exits_of(ev, pid), what="the client's exit")
-    events = settle(d, 1.0)
+    d.wait_for(lambda ev: exits_of(ev, proc.pid), what="the client's exit")
+    port_holder[:] = [port, json.loads(stdout)[1]]
+    return proc.pid, settle(d, 1.0)
+
+
+def test_guide_scenario(d, tmp_path):
+    assert len(ETC_FILES) >= 2
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not under /etc\n")
+    # Other suites may load this machine heavily; a record lost in the kernel
+    # is counted (and reported), and then the run is repeated.
+    for _attempt in range(3):
+        lost_before = _policy_records_lost(d)
+        ports = []
+        pid, events = _run_client(d, outside, ports)
+        if _policy_records_lost(d) == lost_before:
+            break
+    else:
+        pytest.fail("policy records were lost in the kernel in every attempt")
+    port, sport = ports
     mine = kprobe_events(events, pid)
 
     def of(fn):
