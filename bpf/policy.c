@@ -956,8 +956,10 @@ static __always_inline int stage_arg(void *ctx)
         if (s->drop)
             return 0;
     }
-    if (p < POS_RET) {
-        s->next = p + 1;
+    /* on to the next configured position: the arguments, then the return value */
+    u32 next = p + 1 < hc->nargs ? p + 1 : POS_RET;
+    if (p < POS_RET && (next < POS_RET || hc->args[POS_RET].type != ARG_NONE)) {
+        s->next = next;
         runners.call(ctx, s->runner_base + STAGE_ARG);
         return 0;
     }

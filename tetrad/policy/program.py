@@ -51,6 +51,7 @@ ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
 HOOKF_AT_EXIT, HOOKF_KPROBE, HOOKF_SYSCALL_WRAPPER = 1, 2, 4
 ARGF_RETURN_COPY = 1
 RUNNER_STAGES = ("start", "arg", "select", "rest")
+CONSUME_BUDGET = 4096   # records handled per wakeup of one ring buffer
 NAMESPACE_INDEX = {"Uts": 0, "Ipc": 1, "Mnt": 2, "Pid": 3, "PidForChildren": 4, "Net": 5,
                    "Time": 6, "TimeForChildren": 7, "Cgroup": 8, "User": 9}
 NAMESPACE_PROC = ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time",
@@ -138,6 +139,7 @@ class PolicyProgram:
             raise ProgramError(f"BPF compile failed: {e}") from e
         self.compile_s = time.monotonic() - started
         self._cb = None
+        self._budget = CONSUME_BUDGET
 
     # -- configuration ------------------------------------------------------
     def load(self) -> None:
@@ -386,14 +388,20 @@ class PolicyProgram:
     def open(self, on_record) -> None:
         def _cb(_ctx, data, size):
             on_record(self, ctypes.string_at(data, size))
-            return 0
+            self._budget -= 1
+            # libbpf keeps consuming while records arrive; a negative return
+            # ends this round (the record is consumed), so that a busy ring
+            # cannot starve the daemon's loop and the other rings
+            return 0 if self._budget > 0 else -1
         self._cb = _cb
         self.bpf["events"].open_ring_buffer(_cb)
 
     def fileno(self) -> int:
         return self.bpf["events"].map_fd
 
-    def consume(self) -> None:
+    def consume(self, budget: int = CONSUME_BUDGET) -> None:
+        """Handle up to `budget` queued records (the epoll stays ready for the rest)."""
+        self._budget = budget
         self.bpf.ring_buffer_consume()
 
     def lost(self) -> int:
