@@ -617,7 +617,8 @@ static __always_inline int match_arg(struct scratch *s, struct hook_conf *hc, st
     }
 }
 
-/* tgid (or the pid in its own namespace) of `task` */
+/* tgid, or with ns_pid the pid in the task's own pid namespace (0 in the
+ * initial one) */
 static __always_inline u32 task_pid(void *task, u32 ns_pid)
 {
     u32 pid = 0;
@@ -628,8 +629,8 @@ static __always_inline u32 task_pid(void *task, u32 ns_pid)
     void *tpid = PTR_MEMBER(task, task_struct, thread_pid);
     u32 level = 0;
     READ_MEMBER(level, tpid, pid, level);
-    if (level > 31)
-        return 0;
+    if (level < 1 || level > 31)
+        return 0;   /* as Tetragon: no namespace pid outside a pid namespace */
     READ_MEMBER(pid, tpid + OFF_pid__numbers + level * SIZEOF_upid, upid, nr);
     return pid;
 }
@@ -638,6 +639,10 @@ static __always_inline int match_pids(struct pid_conf *pc, u32 slot)
 {
     void *task = (void *)bpf_get_current_task();
     int found = 0;
+    /* as Tetragon: a namespace-pid rule never matches a process outside a
+     * pid namespace, whatever its operator */
+    if (pc->ns_pid && !task_pid(task, 1))
+        return 0;
     for (int depth = 0; depth < 8; depth++) {
         struct pid_key k = {.slot = slot, .pid = task_pid(task, pc->ns_pid)};
         if (k.pid == 0)

@@ -245,3 +245,33 @@ def test_corpus_every_example_loads_or_names_what_is_missing():
         else:
             raise AssertionError(f"{file}: rejected without naming a missing feature: {outcome}")
     assert dict(tally) == CORPUS_TALLY
+
+
+@pytest.mark.parametrize("key, entry, limit", [
+    ("matchPIDs", "      - operator: In\n        values: [1]\n", validate.MAX_PID_FILTERS),
+    ("matchBinaries", "      - operator: In\n        values: [\"/bin/sh\"]\n", validate.MAX_BINARY_ENTRIES),
+    ("matchCapabilities", "      - type: Effective\n        operator: In\n        values: [\"CAP_SYS_ADMIN\"]\n",
+     validate.MAX_CAP_FILTERS),
+])
+def test_tetrad_selector_entry_limits_at_and_over(tmp_path, key, entry, limit):
+    [ok] = load_text(tmp_path, selector_policy(f"    - {key}:\n" + entry * limit))
+    assert not isinstance(ok, PolicyError), ok
+    msg = error_of(tmp_path, selector_policy(f"    - {key}:\n" + entry * (limit + 1)))
+    # Tetragon's schema already allows one matchBinaries entry (maxItems 1)
+    assert f"spec.kprobes[0].selectors[0].{key}: " in msg and (
+        f"up to {limit} " in msg or f"at most {limit} items" in msg), msg
+
+
+def test_hooks_per_policy_limit(tmp_path):
+    one = "  - call: sys_x\n    syscall: true\n"
+    [ok] = load_text(tmp_path, with_spec("  kprobes:\n" + one * validate.MAX_HOOKS))
+    assert not isinstance(ok, PolicyError), ok
+    msg = error_of(tmp_path, with_spec("  kprobes:\n" + one * (validate.MAX_HOOKS + 1)))
+    assert "p.yaml[0]: spec: 17 hooks; tetrad loads at most 16" in msg, msg
+
+
+def test_equal_string_limit(tmp_path):
+    args = "    - index: 0\n      type: string\n"
+    [ok] = load_text(tmp_path, selector_policy(match_args("Equal", ["a" * 255]), args))
+    assert not isinstance(ok, PolicyError), ok
+    assert "string is longer than 255" in error_of(tmp_path, selector_policy(match_args("Equal", ["a" * 256]), args))

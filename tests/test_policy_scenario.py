@@ -8,9 +8,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -23,12 +25,14 @@ ETC_FILES = [p for p in ("/etc/hostname", "/etc/passwd", "/etc/group")
 
 CLIENT = """
 import os, socket, sys
+# /proc is the host's: NSpid's first field is the pid the daemon sees
+host_pid = int(open("/proc/self/status").read().split("NSpid:")[1].split()[0])
 for path in sys.argv[3:]:
     fd = os.open(path, os.O_RDONLY)
     os.read(fd, 4096)
     os.close(fd)
 c = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
-print(json.dumps(c.getsockname()), flush=True)
+print(json.dumps([host_pid, c.getsockname()[1]]), flush=True)
 c.sendall(b"x" * 74)
 c.close()
 """
@@ -52,7 +56,26 @@ def _policy_records_lost(d) -> int:
     return sum(p.get("lost", 0) for p in status(d).get("policies", []))
 
 
-def _run_client(d, outside, port_holder):
+@pytest.fixture(scope="module")
+def pod():
+    """A pid namespace, as a pod's: the client is run in it with nsenter, as
+    `kubectl exec` would (the example's matchPIDs NotIn [1] with
+    isNamespacePID, like Tetragon's, matches only processes in a pid namespace
+    that do not descend from its init)."""
+    holder = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sleep", "600"])
+    children = f"/proc/{holder.pid}/task/{holder.pid}/children"
+    for _ in range(100):
+        kids = open(children).read().split()
+        if kids:
+            break
+        time.sleep(0.05)
+    init = int(kids[0])
+    yield init
+    os.kill(init, signal.SIGKILL)   # the namespace's init: its end ends the namespace
+    holder.wait(10)
+
+
+def _run_client(d, outside, port_holder, pod):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -69,19 +92,20 @@ def _run_client(d, outside, port_holder):
 
     t = threading.Thread(target=serve)
     t.start()
-    proc = subprocess.Popen([WORKLOAD_PYTHON, "-c", "import json\n" + CLIENT, "scenario", str(port),
-                             *ETC_FILES, str(outside)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(["nsenter", "-t", str(pod), "-p", WORKLOAD_PYTHON, "-c", "import json\n" + CLIENT,
+                             "scenario", str(port), *ETC_FILES, str(outside)], stdout=subprocess.PIPE, text=True)
     stdout, _ = proc.communicate(timeout=30)
     t.join(10)
     listener.close()
     assert proc.returncode == 0
     assert received == [b"x" * 74]
-    d.wait_for(lambda ev: exits_of(ev, proc.pid), what="the client's exit")
-    port_holder[:] = [port, json.loads(stdout)[1]]
-    return proc.pid, settle(d, 1.0)
+    pid, sport = json.loads(stdout)
+    d.wait_for(lambda ev: exits_of(ev, pid), what="the client's exit")
+    port_holder[:] = [port, sport]
+    return pid, settle(d, 1.0)
 
 
-def test_guide_scenario(d, tmp_path):
+def test_guide_scenario(d, tmp_path, pod):
     assert len(ETC_FILES) >= 2
     outside = tmp_path / "outside.txt"
     outside.write_text("not under /etc\n")
@@ -90,7 +114,7 @@ def test_guide_scenario(d, tmp_path):
     for _attempt in range(3):
         lost_before = _policy_records_lost(d)
         ports = []
-        pid, events = _run_client(d, outside, ports)
+        pid, events = _run_client(d, outside, ports, pod)
         if _policy_records_lost(d) == lost_before:
             break
     else:
@@ -142,7 +166,7 @@ def test_guide_scenario(d, tmp_path):
     assert "status" not in exit_event and "signal" not in exit_event   # exit 0
     for b in mine:
         assert b["policy_name"] in ("sys-read-follow-prefix", "connect")
-        if b["function_name"] != "sys_close":   # the forked child closes fds before its exec
+        if b["function_name"] != "sys_close":   # nsenter's child closes fds before its exec
             assert b["process"].get("binary") == WORKLOAD_PYTHON, (
                 b, [e for e in events if e.get("process_exec", {}).get("process", {}).get("pid") == pid])
 
@@ -160,3 +184,15 @@ def test_tracingpolicy_list_shows_backends(d):
                           capture_output=True, text=True, check=True).stdout
     assert "connect  tcp-connect.yaml[0]  loaded" in text
     assert "kprobe tcp_sendmsg: " in text
+
+
+def test_namespace_pid_rule_skips_processes_outside_pid_namespaces(d):
+    """As in Tetragon, matchPIDs with isNamespacePID never matches a process of
+    the initial pid namespace: a host process opening /etc/hostname is not followed."""
+    proc = subprocess.Popen([WORKLOAD_PYTHON, "-c", "open('/etc/hostname').read()"])
+    assert proc.wait(30) == 0
+    d.wait_for(lambda ev: exits_of(ev, proc.pid), what="the host process's exit")
+    events = settle(d, 1.0)
+    assert [b for b in kprobe_events(events, proc.pid) if b["function_name"] == "fd_install"] == []
+    assert [b for b in kprobe_events(events, proc.pid) if b["function_name"] == "sys_close"], \
+        "the process's closes (not filtered by the policy) were not seen"

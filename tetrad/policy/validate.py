@@ -16,9 +16,14 @@ MAX_NAMESPACE_VALUES = 4     # values per matchNamespaces entry
 MAX_NAMESPACE_FILTERS = 10
 MAX_ARGS = 5                 # traced arguments per hook
 MAX_ARG_INDEX = 5            # kprobe/syscall arguments are 0..5
+EQUAL_STRING_MAX_LEN = 255    # tetrad: Equal/In strings are hash keys of 256 bytes
+MAX_HOOKS = 16                # tetrad: hooks per policy (one BPF object each)
+MAX_BINARY_ENTRIES = 1        # tetrad: matchBinaries / matchParentBinaries entries per selector
+MAX_PID_FILTERS = 2           # tetrad: matchPIDs entries per selector
+MAX_CAP_FILTERS = 2           # tetrad: matchCapabilities entries per selector
+MAX_RETURN_MATCHES = 1        # tetrad: matchReturnArgs per selector
 PREFIX_MAX_LEN = 252         # Tetragon: 256; tetrad's LPM keys also hold a 4-byte selector slot
 POSTFIX_MAX_LEN = 127
-STRING_MAX_LEN = 4096
 
 # Argument types tetrad reads, by hook kind.
 ARG_TYPES = {"int", "sint8", "int8", "uint8", "sint16", "int16", "uint16", "uint32", "sint32",
@@ -81,6 +86,10 @@ def check_spec(spec: dict) -> list[tuple[str, str]]:
             errors.append((f"spec.{key}", why))
     if not any(spec.get(k) for k in ("kprobes", "tracepoints", "uprobes")):
         errors.append(("spec", "no kprobes, tracepoints or uprobes: the policy hooks nothing"))
+    hooks = (len(spec.get("kprobes") or ()) + len(spec.get("tracepoints") or ())
+             + sum(len(u.get("symbols") or ()) for u in spec.get("uprobes") or ()))
+    if hooks > MAX_HOOKS:
+        errors.append(("spec", f"{hooks} hooks; tetrad loads at most {MAX_HOOKS} per policy (split it)"))
     for i, k in enumerate(spec.get("kprobes") or ()):
         errors += _check_hook(k, f"spec.kprobes[{i}]", "kprobe")
     for i, t in enumerate(spec.get("tracepoints") or ()):
@@ -158,6 +167,14 @@ def _check_selector(sel: dict, path: str, types: dict, ret_type, kind: str) -> l
             errors.append((f"{p}.index", f"argument index {idx} is not among the hook's args"))
             continue
         errors += _check_match(match, p, types[idx])
+    limits = (("matchReturnArgs", MAX_RETURN_MATCHES), ("matchPIDs", MAX_PID_FILTERS),
+              ("matchCapabilities", MAX_CAP_FILTERS), ("matchBinaries", MAX_BINARY_ENTRIES),
+              ("matchParentBinaries", MAX_BINARY_ENTRIES))
+    for key, limit in limits:
+        if len(sel.get(key) or []) > limit:
+            errors.append((f"{path}.{key}", f"tetrad supports up to {limit} {key} entr"
+                                            f"{'y' if limit == 1 else 'ies'} per selector "
+                                            f"({len(sel[key])} given)"))
     for m, match in enumerate(sel.get("matchReturnArgs") or []):
         p = f"{path}.matchReturnArgs[{m}]"
         if ret_type is None:
@@ -180,6 +197,9 @@ def _check_selector(sel: dict, path: str, types: dict, ret_type, kind: str) -> l
                 if op in ("Postfix", "NotPostfix") and len(val) > POSTFIX_MAX_LEN:
                     errors.append((f"{path}.{key}[{m}].values[{v}]",
                                    f"longer than {POSTFIX_MAX_LEN} characters"))
+                if op in ("In", "NotIn") and len(val.encode()) > EQUAL_STRING_MAX_LEN:
+                    errors.append((f"{path}.{key}[{m}].values[{v}]",
+                                   f"longer than {EQUAL_STRING_MAX_LEN} characters"))
     namespaces = sel.get("matchNamespaces") or []
     if len(namespaces) > MAX_NAMESPACE_FILTERS:
         errors.append((f"{path}.matchNamespaces",
@@ -242,7 +262,7 @@ def _check_match(match: dict, path: str, arg_type: str) -> list[tuple[str, str]]
                 errors.append((f"{path}.values[{v}]", f"{val!r} is not {form}"))
     elif allowed is STRING_OPS:
         limit = {"Prefix": PREFIX_MAX_LEN, "NotPrefix": PREFIX_MAX_LEN,
-                 "Postfix": POSTFIX_MAX_LEN, "NotPostfix": POSTFIX_MAX_LEN}.get(op, STRING_MAX_LEN)
+                 "Postfix": POSTFIX_MAX_LEN, "NotPostfix": POSTFIX_MAX_LEN}.get(op, EQUAL_STRING_MAX_LEN)
         for v, val in enumerate(values):
             if len(val.encode()) > limit:
                 errors.append((f"{path}.values[{v}]", f"string is longer than {limit} characters"))
