@@ -191,7 +191,6 @@ struct fd_path { u32 len; char path[FD_PATH_MAX]; };
 struct scratch {
     u32 slot;                       /* set by the entry point before its tail call */
     u32 phase;
-    u32 runner_base;
     u32 next;                       /* the position or selector a stage works on */
     struct policy_record rec;
     u64 raw[8];                     /* RAW_ARGS used; 8 for masked indexing */
@@ -854,15 +853,24 @@ static __always_inline int run_actions(struct scratch *s, struct selector_conf *
 /* Evaluation is split into programs chained by tail calls (START, one ARG
  * per position, one SELECT per selector, then REST of that selector) so that
  * each is verified alone and small; the state between them is the per-CPU
- * scratch.  Each program type (tracepoint, kprobe) has its own four stages
- * in `runners`, at runner_base + STAGE_*. */
+ * scratch.  Each program type (tracepoint, kprobe) has its own four stages. */
 #define STAGE_START  0
 #define STAGE_ARG    1
 #define STAGE_SELECT 2
 #define STAGE_REST   3
-#define RUNNER_TRACEPOINT 0
-#define RUNNER_KPROBE     4
-BPF_PROG_ARRAY(runners, 8);
+/* A program array belongs to one program type: tracepoint programs chain
+ * through tp_runners, kprobe/uprobe programs through kp_runners. */
+BPF_PROG_ARRAY(tp_runners, 4);
+BPF_PROG_ARRAY(kp_runners, 4);
+
+/* `kp` is a constant in each program, so only one of the arrays is used */
+static __always_inline void next_stage(void *ctx, int kp, u32 stage)
+{
+    if (kp)
+        kp_runners.call(ctx, stage);
+    else
+        tp_runners.call(ctx, stage);
+}
 
 static __always_inline struct scratch *get_scratch(void)
 {
@@ -885,7 +893,7 @@ static __always_inline void emit(struct scratch *s)
     }
 }
 
-static __always_inline int stage_start(void *ctx)
+static __always_inline int stage_start(void *ctx, int kp)
 {
     struct scratch *s = get_scratch();
     if (!s)
@@ -934,12 +942,12 @@ static __always_inline int stage_start(void *ctx)
     s->drop = 0;
     s->next = 0;
     s->val[POS_RET] = ret;
-    runners.call(ctx, s->runner_base + STAGE_ARG);
+    next_stage(ctx, kp, STAGE_ARG);
     return 0;
 }
 
 /* Read position s->next, then go on to the next one, or to the selectors. */
-static __always_inline int stage_arg(void *ctx)
+static __always_inline int stage_arg(void *ctx, int kp)
 {
     struct scratch *s = get_scratch();
     if (!s)
@@ -965,7 +973,7 @@ static __always_inline int stage_arg(void *ctx)
     u32 next = p + 1 < hc->nargs ? p + 1 : POS_RET;
     if (p < POS_RET && (next < POS_RET || hc->args[POS_RET].type != ARG_NONE)) {
         s->next = next;
-        runners.call(ctx, s->runner_base + STAGE_ARG);
+        next_stage(ctx, kp, STAGE_ARG);
         return 0;
     }
     if (!hc->nselectors) {
@@ -973,12 +981,12 @@ static __always_inline int stage_arg(void *ctx)
         return 0;
     }
     s->next = 0;
-    runners.call(ctx, s->runner_base + STAGE_SELECT);
+    next_stage(ctx, kp, STAGE_SELECT);
     return 0;
 }
 
 /* The matchArgs/matchReturnArgs of selector s->next. */
-static __always_inline int stage_select(void *ctx)
+static __always_inline int stage_select(void *ctx, int kp)
 {
     struct scratch *s = get_scratch();
     if (!s)
@@ -1002,16 +1010,16 @@ static __always_inline int stage_select(void *ctx)
         }
     }
     if (ok) {
-        runners.call(ctx, s->runner_base + STAGE_REST);
+        next_stage(ctx, kp, STAGE_REST);
         return 0;
     }
     s->next = k + 1;
-    runners.call(ctx, s->runner_base + STAGE_SELECT);
+    next_stage(ctx, kp, STAGE_SELECT);
     return 0;
 }
 
 /* The process filters of selector s->next; on a match its actions and the event. */
-static __always_inline int stage_rest(void *ctx)
+static __always_inline int stage_rest(void *ctx, int kp)
 {
     struct scratch *s = get_scratch();
     if (!s)
@@ -1031,20 +1039,20 @@ static __always_inline int stage_rest(void *ctx)
         return 0;
     }
     s->next = k + 1;
-    runners.call(ctx, s->runner_base + STAGE_SELECT);
+    next_stage(ctx, kp, STAGE_SELECT);
     return 0;
 }
 
-int tp_start(void *ctx) { return stage_start(ctx); }
-int tp_arg(void *ctx) { return stage_arg(ctx); }
-int tp_select(void *ctx) { return stage_select(ctx); }
-int tp_rest(void *ctx) { return stage_rest(ctx); }
-int kp_start(struct pt_regs *ctx) { return stage_start(ctx); }
-int kp_arg(struct pt_regs *ctx) { return stage_arg(ctx); }
-int kp_select(struct pt_regs *ctx) { return stage_select(ctx); }
-int kp_rest(struct pt_regs *ctx) { return stage_rest(ctx); }
+int tp_start(void *ctx) { return stage_start(ctx, 0); }
+int tp_arg(void *ctx) { return stage_arg(ctx, 0); }
+int tp_select(void *ctx) { return stage_select(ctx, 0); }
+int tp_rest(void *ctx) { return stage_rest(ctx, 0); }
+int kp_start(struct pt_regs *ctx) { return stage_start(ctx, 1); }
+int kp_arg(struct pt_regs *ctx) { return stage_arg(ctx, 1); }
+int kp_select(struct pt_regs *ctx) { return stage_select(ctx, 1); }
+int kp_rest(struct pt_regs *ctx) { return stage_rest(ctx, 1); }
 
-static __always_inline int dispatch(void *ctx, u32 slot, u32 phase)
+static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int kp)
 {
     u32 zero = 0, one = 1;
     u32 *enabled = settings.lookup(&zero);
@@ -1057,14 +1065,16 @@ static __always_inline int dispatch(void *ctx, u32 slot, u32 phase)
         return 0;
     s->slot = slot;
     s->phase = phase;
-    s->runner_base = (hc->flags & HOOKF_KPROBE) ? RUNNER_KPROBE : RUNNER_TRACEPOINT;
-    runners.call(ctx, s->runner_base + STAGE_START);
+    next_stage(ctx, kp, STAGE_START);
     return 0;
 }
 
+/* Each slot's entry points: hook<n>_* for tracepoints, khook<n>_* for kprobes and uprobes. */
 #define HOOK(n) \
-    int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER); } \
-    int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT); }
+    int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, 0); } \
+    int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT, 0); } \
+    int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, 1); } \
+    int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, 1); }
 
 HOOK(0)
 #if NHOOKS > 1

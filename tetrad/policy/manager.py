@@ -239,7 +239,9 @@ class PolicyManager:
             except Exception:
                 program.close()
                 raise
-        except (ProgramError, OSError, ValueError, KeyError) as err:
+        except Exception as err:   # BCC raises bare Exception; a bad policy must not stop the daemon
+            if not isinstance(err, (ProgramError, OSError, ValueError, KeyError)):
+                err = ProgramError(" ".join(str(err).split()))
             e.error = f"{e.policy.where}: {err}"
             log.error("policy %s not loaded: %s", e.name, e.error)
             return

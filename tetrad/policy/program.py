@@ -152,12 +152,12 @@ class PolicyProgram:
         for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
             self._configure_hook(slot, hook, plan)
             needs_kprobe_runner |= plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
-        runners = self.bpf["runners"]
-        kinds = [(0, "tp", BPF.TRACEPOINT)] + ([(4, "kp", BPF.KPROBE)] if needs_kprobe_runner else [])
-        for base, prefix, ptype in kinds:
+        kinds = [("tp", BPF.TRACEPOINT)] + ([("kp", BPF.KPROBE)] if needs_kprobe_runner else [])
+        for prefix, ptype in kinds:
+            runners = self.bpf[f"{prefix}_runners"]
             for i, stage in enumerate(RUNNER_STAGES):
                 fn = self.bpf.load_func(f"{prefix}_{stage}", ptype)
-                runners[ctypes.c_int(base + i)] = ctypes.c_int(fn.fd)
+                runners[ctypes.c_int(i)] = ctypes.c_int(fn.fd)
         for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
             self._attach(slot, hook, plan)
         settings[ctypes.c_int(0)] = ctypes.c_uint32(1)
@@ -368,8 +368,9 @@ class PolicyProgram:
 
     # -- attaching ----------------------------------------------------------
     def _attach(self, slot: int, hook: Hook, plan: Plan) -> None:
+        kprobe_ctx = plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
         for kind, target, phase in plan.attach:
-            fn = f"hook{slot}_{'enter' if phase == ENTER else 'exit'}"
+            fn = f"{'khook' if kprobe_ctx else 'hook'}{slot}_{'enter' if phase == ENTER else 'exit'}"
             try:
                 if kind == "tracepoint":
                     self.bpf.attach_tracepoint(tp=target, fn_name=fn)

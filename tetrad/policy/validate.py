@@ -106,12 +106,12 @@ def check_spec(spec: dict) -> list[tuple[str, str]]:
     return errors
 
 
-def _check_arg(a: dict, path: str) -> list[tuple[str, str]]:
+def _check_arg(a: dict, path: str, kind: str = "kprobe") -> list[tuple[str, str]]:
     errors = []
     ty = a.get("type", "auto")
     if ty not in ARG_TYPES:
         errors.append((f"{path}.type", f"argument type {ty!r} is not supported by tetrad yet"))
-    if a.get("index", 0) > MAX_ARG_INDEX:
+    if kind != "tracepoint" and a.get("index", 0) > MAX_ARG_INDEX:   # a tracepoint's: a format field
         errors.append((f"{path}.index", f"index {a['index']} is over the maximum {MAX_ARG_INDEX}"))
     for key in ("resolve", "btfType", "source"):
         if a.get(key):
@@ -126,7 +126,7 @@ def _check_hook(h: dict, path: str, kind: str) -> list[tuple[str, str]]:
         errors.append((f"{path}.args", f"at most {MAX_ARGS} arguments per hook ({len(args)} given)"))
     types = {}
     for j, a in enumerate(args):
-        errors += _check_arg(a, f"{path}.args[{j}]")
+        errors += _check_arg(a, f"{path}.args[{j}]", kind)
         # matchArgs name a kprobe's argument by its index, a tracepoint's by its place in args
         types[j if kind == "tracepoint" else a.get("index")] = a.get("type", "auto")
         size_idx = a.get("sizeArgIndex", 0)
