@@ -9,7 +9,8 @@ file takes to produce its first event.  Numbers only; nothing is asserted.
 
     .venv/bin/python benchmarks/policy_file_io.py [seconds]
 
-TETRAD_BENCH_POLICY=file runs it under another policy.
+BENCH_POLICY=file runs it under another policy (the daemon rejects unknown
+TETRAD_* variables, hence the name).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TETRAD = [str(REPO / ".venv" / "bin" / "tetrad")]
-POLICY = Path(os.environ.get("TETRAD_BENCH_POLICY", REPO / "etc" / "tetrad" / "examples" / "sys_read_follow_prefix.yaml"))
+POLICY = Path(os.environ.get("BENCH_POLICY", REPO / "etc" / "tetrad" / "examples" / "sys_read_follow_prefix.yaml"))
 TRACKED = "/etc/hostname"
 
 LOOP = """
@@ -82,7 +83,10 @@ def main() -> None:
                                         "--export-file-max-size-mb=1000"],
                               stdout=subprocess.DEVNULL, stderr=open(work / "daemon.log", "w"))
     try:
+        deadline = time.monotonic() + 60
         while not (work / "run" / "status.json").exists():
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"the daemon did not start; see {work}/daemon.log")
             time.sleep(0.1)
         traced_untracked = median_rate(str(untracked), seconds)
         traced_tracked = median_rate(TRACKED, seconds)
@@ -99,15 +103,17 @@ def main() -> None:
         events = after["events"].get("process_kprobe", 0) - before["events"].get("process_kprobe", 0)
         lost = sum(p.get("lost", 0) for p in after["policies"]) - lost_unpaced
 
-        # reload latency: a new policy file until its first event
+        # reload latency: a new policy file until its first event (a light workload)
+        time.sleep(2)
         probe = POLICY.read_text().replace("sys-read-follow-prefix", "latency-probe")
         t1 = time.monotonic()
         (work / "policies" / "latency.yaml").write_text(probe)
         latency = None
-        while time.monotonic() - t1 < 20 and latency is None:
-            storm(TRACKED, 0.05)
-            with open(export) as f:
-                if '"policy_name":"latency-probe"' in f.read():
+        with open(export) as f:
+            f.seek(0, os.SEEK_END)
+            while time.monotonic() - t1 < 20 and latency is None:
+                storm(TRACKED, 0.05, 1000)
+                if '"policy_name":"latency-probe"' in f.read():   # what was appended since
                     latency = time.monotonic() - t1
     finally:
         daemon.terminate()

@@ -48,7 +48,7 @@
 #define HOOKF_AT_EXIT         (1u << 0)   /* evaluate and emit at the exit attachment */
 #define HOOKF_KPROBE          (1u << 1)   /* ctx is struct pt_regs */
 #define HOOKF_SYSCALL_WRAPPER (1u << 2)   /* the real arguments sit behind a pt_regs pointer */
-#define HOOKF_RET_FROM_REGS   (1u << 3)
+#define HOOKF_FD_GATE         (1u << 3)   /* an fd argument: nothing to do unless it is followed */
 
 /* emulation modes (tetrad/policy/hooks.py EMU_*) */
 #define EMU_NONE        0
@@ -99,6 +99,8 @@ struct hook_conf {
     u16 ret_off;                          /* exit tracepoint: the return value */
     u8 ret_size;
     u8 ret_signed;
+    u8 fd_src;                            /* HOOKF_FD_GATE: the raw argument holding the fd */
+    u8 pad[3];
 };
 
 struct match_conf {
@@ -907,6 +909,13 @@ static __always_inline int stage_start(void *ctx, int kp)
     struct saved_key sk = {.pid_tgid = pid_tgid, .slot = slot};
     if (s->phase == PHASE_ENTER) {
         read_raw_args(ctx, hc, s->raw);
+        if (hc->flags & HOOKF_FD_GATE) {
+            /* an fd argument that is not followed drops the event anyway:
+             * decide now, before saving anything or reading other arguments */
+            struct fd_key fk = {.tgid = pid_tgid >> 32, .fd = (u32)s->raw[hc->fd_src & 7]};
+            if (!fd_paths.lookup(&fk))
+                return 0;
+        }
         if (hc->flags & HOOKF_AT_EXIT) {
             saved.update(&sk, (struct saved_args *)s->raw);
             return 0;

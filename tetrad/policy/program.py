@@ -48,7 +48,7 @@ OPS = {
 ACTIONS = {"Post": 1, "NoPost": 2, "FollowFD": 3, "UnfollowFD": 4, "CopyFD": 5, "Signal": 6,
            "Sigkill": 7}
 ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
-HOOKF_AT_EXIT, HOOKF_KPROBE, HOOKF_SYSCALL_WRAPPER = 1, 2, 4
+HOOKF_AT_EXIT, HOOKF_KPROBE, HOOKF_SYSCALL_WRAPPER, HOOKF_FD_GATE = 1, 2, 4, 8
 ARGF_RETURN_COPY = 1
 RUNNER_STAGES = ("start", "arg", "select", "rest")
 CONSUME_BUDGET = 4096   # records handled per wakeup of one ring buffer
@@ -174,6 +174,11 @@ class PolicyProgram:
         if has_exit and has_enter:
             conf.flags |= HOOKF_AT_EXIT
         conf.mode = plan.mode
+        fd_args = [j for j, a in enumerate(hook.args) if a.type == "fd"]
+        if fd_args and plan.mode == hooks_mod.EMU_NONE and has_enter:
+            conf.flags |= HOOKF_FD_GATE
+            first = hook.args[fd_args[0]]
+            conf.fd_src = fd_args[0] if hook.kind == HOOK_TRACEPOINT else first.index
         conf.nargs = len(hook.args)
         conf.nselectors = len(hook.selectors)
         positions = self._positions(hook)
