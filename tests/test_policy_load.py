@@ -157,6 +157,8 @@ def test_match_args_per_selector_limit(tmp_path):
     ("    - matchNamespaces:\n      - namespace: Pid\n        operator: In\n        values: [\"1\",\"2\",\"3\",\"4\",\"5\"]\n",
      "supports up to 4 values"),
     ("    - matchReturnActions:\n      - action: Post\n", "matchReturnActions is not supported"),
+    ("    - matchBinaries:\n      - operator: In\n        followChildren: true\n        values: [\"/bin/sh\"]\n",
+     "followChildren is not supported"),
 ])
 def test_selector_errors(tmp_path, selector, reason):
     msg = error_of(tmp_path, selector_policy(selector))

@@ -150,7 +150,8 @@ class PolicyManager:
         return [i for i in self.list() if i["file"] == str(path)]
 
     def delete(self, name: str) -> bool:
-        """Unload a policy; one from the directory comes back if its file changes."""
+        """Unload a policy; one from the directory comes back at the next reload
+        of the directory (a change in it, or SIGHUP)."""
         for e in self.entries:
             if e.name == name and e.policy is not None:
                 self._unload(e)
@@ -197,6 +198,9 @@ class PolicyManager:
             log.error("policy rejected: %s", result)
             return Entry(file, doc, result.name, digest, error=str(result), source=source)
         policy: Policy = result
+        if policy.kind == "TracingPolicyNamespaced":
+            log.warning("policy %s: TracingPolicyNamespaced applies to every process here: tetrad "
+                        "does not yet restrict it to the pods of namespace %r", policy.name, policy.namespace)
         entry = Entry(file, doc, policy.name, digest, policy=policy, source=source)
         try:
             force = hooks_mod.forced_backend(policy)

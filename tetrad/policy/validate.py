@@ -187,6 +187,8 @@ def _check_selector(sel: dict, path: str, types: dict, ret_type, kind: str) -> l
     for key in ("matchBinaries", "matchParentBinaries"):
         for m, b in enumerate(sel.get(key) or []):
             op = b.get("operator")
+            if b.get("followChildren"):
+                errors.append((f"{path}.{key}[{m}].followChildren", "followChildren is not supported by tetrad yet"))
             if op not in BINARY_OPS:
                 errors.append((f"{path}.{key}[{m}].operator",
                                f"operator {op!r} is not supported by tetrad yet ({', '.join(sorted(BINARY_OPS))})"))
