@@ -223,7 +223,9 @@ BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
 BPF_ARRAY(hooks, struct hook_conf, NHOOKS);
 BPF_ARRAY(selectors, struct selector_conf, NHOOKS * MAX_SELECTORS);
 BPF_ARRAY(settings, u32, 2);                 /* [0] enabled, [1] the daemon's own tgid */
-BPF_HASH(saved, struct saved_key, struct saved_args, 16384);
+/* arguments saved at entry for the exit; LRU, since an exit can be missed
+ * (a hook attached between a thread's entry and exit, exit_group, execve) */
+BPF_TABLE("lru_hash", struct saved_key, struct saved_args, saved, 16384);
 BPF_TABLE("lru_hash", struct fd_key, struct fd_path, fd_paths, 8192);
 BPF_HASH(str_eq, struct eq_key, u8, 1024);
 BPF_LPM_TRIE(str_prefix, struct prefix_key, u8, 1024);

@@ -77,8 +77,11 @@ class PolicyManager:
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
         if os.path.isdir(self.directory):
-            self.watcher = DirectoryWatcher(self.directory)
-            self.poller.register(self.watcher.fileno(), self._on_inotify)
+            try:
+                self.watcher = DirectoryWatcher(self.directory)
+                self.poller.register(self.watcher.fileno(), self._on_inotify)
+            except OSError as e:   # e.g. the inotify instance limit
+                log.error("cannot watch %s (%s): policies change only on SIGHUP", self.directory, e)
         else:
             log.info("policy directory %s does not exist; no policies from it", self.directory)
         self.reload()
