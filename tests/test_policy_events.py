@@ -47,3 +47,32 @@ def test_decode_splits_positions():
     rec = decode(header + data)
     assert (rec.hook, rec.pid, rec.tid, rec.selector, rec.action, rec.ret) == (2, 10, 11, 1, 3, -9)
     assert rec.values[:2] == [b"/etc/x", struct.pack("<q", 5)]
+
+
+def test_buffer_longer_than_copied_is_truncated_bytes_arg():
+    from tetrad.policy.events import PolicyEvents, PolicyRecord
+    from tetrad.policy.model import Arg, Hook, Policy
+    hook = Hook(kind="kprobe", name="sys_write", path="spec.kprobes[0]", syscall=True,
+                args=(Arg(0, "int"), Arg(1, "char_buf", size_arg_index=3), Arg(2, "size_t")))
+    policy = Policy(name="p", kind="TracingPolicy", file="p.yaml", document=0, spec={}, hooks=[hook])
+
+    class Cache:
+        def find(self, pid):
+            return None
+
+    class Builder:
+        node_name = "n"
+
+        class clock:
+            @staticmethod
+            def to_wall_ns(ns):
+                return ns
+
+    events = PolicyEvents(policy, Builder(), Cache())
+    rec = PolicyRecord(0, 0, 1, 1, 0, 1, 1, 0, [struct.pack("<q", 1), b"a" * 4096, struct.pack("<Q", 10000),
+                                                 b"", b"", b""])
+    kind, event = events.build(rec)
+    arg = event["process_kprobe"]["args"][1]
+    assert arg == {"truncated_bytes_arg": {"orig_size": "10000", "bytes_arg": base64.b64encode(b"a" * 4096).decode()}}
+    rec.values[2] = struct.pack("<Q", 4096)
+    assert events.build(rec)[1]["process_kprobe"]["args"][1] == {"bytes_arg": base64.b64encode(b"a" * 4096).decode()}

@@ -144,6 +144,8 @@ class PolicyEvents:
         args = []
         for j, arg in enumerate(hook.args):
             rendered = render_arg(self._type(hook, j), rec.values[j], arg.label)
+            if rendered is not None and arg.type == "char_buf":
+                rendered = self._mark_truncated(hook, rec, arg, rendered)
             if rendered is not None:
                 args.append(rendered)
         if hook.kind == HOOK_KPROBE:
@@ -167,6 +169,24 @@ class PolicyEvents:
         kind = hook.event_type
         return kind, {kind: body, "node_name": self.builder.node_name,
                       "time": rfc3339(self.builder.clock.to_wall_ns(rec.ktime))}
+
+    @staticmethod
+    def _mark_truncated(hook: Hook, rec: PolicyRecord, arg, rendered: dict) -> dict:
+        """A buffer longer than what BPF copied (4096 bytes) becomes Tetragon's
+        truncated_bytes_arg with its original size."""
+        size = None
+        if arg.return_copy:
+            size = rec.ret
+        elif arg.size_arg_index:
+            for j, other in enumerate(hook.args):
+                if other.index == arg.size_arg_index - 1:
+                    size = struct.unpack("<q", rec.values[j].ljust(8, b"\0")[:8])[0]
+        copied = len(base64.b64decode(rendered["bytes_arg"]))
+        if size is None or size <= copied:
+            return rendered
+        out = {"truncated_bytes_arg": {"orig_size": str(size), "bytes_arg": rendered.pop("bytes_arg")}}
+        out.update(rendered)   # the label, if any
+        return out
 
     @staticmethod
     def _type(hook: Hook, j: int) -> str:
