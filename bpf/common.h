@@ -28,6 +28,7 @@ enum record_type {
     RECORD_EXIT = 2,
     RECORD_CLONE = 3,
     RECORD_SELFTEST = 4,
+    RECORD_POLICY = 5,       /* bpf/policy.c */
 };
 
 /* Flags shared with userspace (tetrad/process/flags.py). */

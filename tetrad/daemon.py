@@ -27,6 +27,8 @@ from .events import EventBuilder
 from .exporter import build_exporters
 from .filters.export import ExportControls
 from .observer import Observer
+from .poller import Poller
+from .policy.manager import PolicyManager
 from .process import procfs
 from .process.cache import ProcessCache
 from .process.model import NAMESPACE_NAMES
@@ -90,6 +92,8 @@ class Daemon:
         # Run on SIGHUP (`systemctl reload tetrad`): each re-reads what it owns
         # (the policy engine adds its own).  Called from the event loop.
         self.reload_hooks: list = []
+        self.poller = Poller()
+        self.policy_manager: PolicyManager | None = None
 
     # -- start-up -------------------------------------------------------------
     def start(self) -> None:
@@ -111,6 +115,10 @@ class Daemon:
             macros = offsets.resolve(btf)
         except (OSError, BtfError, offsets.OffsetError) as e:
             raise StartupError(f"cannot resolve kernel struct offsets from {cfg.btf}: {e}") from e
+        try:
+            policy_macros = offsets.resolve(btf, offsets.PROCESS_MEMBERS + offsets.POLICY_MEMBERS)
+        except offsets.OffsetError as e:
+            raise StartupError(f"cannot resolve the offsets tracing policies need: {e}") from e
         ncpus = os.cpu_count() or 1
         pages = ring_pages(cfg.rb_size_total or cfg.rb_size * ncpus, ncpus)
         self.sensor = ProcessSensor(macros, pages)
@@ -143,6 +151,8 @@ class Daemon:
         pending, self._pending = self._pending, []
         for rec in pending:
             self.observer.handle(rec)
+        self.poller.register(self.sensor.fileno(), self.sensor.consume)
+        self.start_policies(policy_macros, pages)
         self._start_api()
         self.startup_s = time.monotonic() - t0
         log.info("ready in %.2fs", self.startup_s)
@@ -175,6 +185,17 @@ class Daemon:
                                f"from {where}: {e}") from e
         k8s.synced.wait(STARTUP_METADATA_WAIT_S)
         return k8s
+
+    def start_policies(self, macros: dict, rb_pages: int) -> None:
+        """The TracingPolicy engine (tetrad/policy/): its events go where the process events go;
+        SIGHUP (`systemctl reload tetrad`) re-reads the policy directory."""
+        self.policy_manager = PolicyManager(
+            self.cfg.tracing_policy_dir, self.features, macros, rb_pages,
+            emit=self.observer.emit, builder=self.builder, cache=self.cache, poller=self.poller,
+            extra_file=self.cfg.tracing_policy, procfs=self.cfg.procfs,
+            sync_processes=self.sensor.consume)
+        self.policy_manager.start()
+        self.reload_hooks.append(self.policy_manager.reload)
 
     def _on_record(self, rec) -> None:
         if self._ready:
@@ -223,9 +244,10 @@ class Daemon:
         next_flush = next_tick = time.monotonic()
         next_clock = next_tick + 60
         while not self.stopping:
-            self.sensor.poll(POLL_MS)
+            self.poller.wait(POLL_MS)
             if self.api is not None:
                 self.api.run_commands()
+            self.policy_manager.tick()
             now = time.monotonic()
             self.notifier.tick(now)
             if self.reload_requested:
@@ -249,6 +271,11 @@ class Daemon:
             if total > before:
                 log.warning("kernel dropped %d %s records (ring buffer full); %d in total. "
                             "Raise --rb-size.", total - before, kind, total)
+        policy_lost = self.policy_manager.lost()
+        if policy_lost > self.lost_reported.get("policy", 0):
+            log.warning("kernel dropped %d policy records (ring buffer full); %d in total. "
+                        "Raise --rb-size.", policy_lost - self.lost_reported.get("policy", 0), policy_lost)
+        lost["policy"] = policy_lost
         self.lost_reported = lost
         self._report_rate_limit()
         now = time.monotonic()
@@ -341,6 +368,8 @@ class Daemon:
             self.api.stop()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
+        if self.policy_manager is not None:
+            self.policy_manager.close()
         if self.sensor is not None:
             # drain what the kernel already queued, then detach
             try:

@@ -94,6 +94,35 @@ PROCESS_MEMBERS: tuple[Member, ...] = (
     Member("linux_binprm", "filename"),
 )
 
+# What bpf/policy.c and bpf/path.h read besides the above: files behind fds,
+# paths, executables, sockets.
+POLICY_MEMBERS: tuple[Member, ...] = (
+    Member("task_struct", "files"),
+    Member("files_struct", "fdt"),
+    Member("fdtable", "fd"),
+    Member("fdtable", "max_fds"),
+    Member("file", "f_path.dentry"),
+    Member("file", "f_path.mnt"),
+    Member("file", "private_data"),
+    Member("path", "dentry"),
+    Member("path", "mnt"),
+    Member("mm_struct", "exe_file"),
+    Member("socket", "sk"),
+    Member("sock", "__sk_common.skc_family"),
+    Member("sock", "__sk_common.skc_rcv_saddr"),
+    Member("sock", "__sk_common.skc_daddr"),
+    Member("sock", "__sk_common.skc_v6_rcv_saddr"),
+    Member("sock", "__sk_common.skc_v6_daddr"),
+    Member("sock", "__sk_common.skc_num"),
+    Member("sock", "__sk_common.skc_dport"),
+    Member("sock", "__sk_common.skc_state"),
+    Member("sock", "__sk_common.skc_cookie"),
+    Member("sock", "sk_protocol"),
+    Member("sock", "sk_type"),
+    Member("sock", "sk_mark"),
+    Member("sock", "sk_priority"),
+)
+
 # Struct sizes the C code needs (array strides).
 PROCESS_SIZES: tuple[str, ...] = ("upid",)
 

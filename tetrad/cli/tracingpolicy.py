@@ -43,9 +43,21 @@ def main(args) -> int:
         if args.output == "json":
             print(json.dumps(result, indent=2))
         else:
-            for p in result or []:
-                p = p if isinstance(p, dict) else {"name": str(p)}
-                print(f"{p.get('name', '?'):<32} {p.get('state', '?'):<10} {p.get('error', '')}".rstrip())
+            print_policies(result or [])
     elif result:
         print(result if isinstance(result, str) else json.dumps(result))
     return 0
+
+
+def print_policies(policies: list) -> None:
+    """Each policy: name, file[document], state; its error; each hook's backend."""
+    if not policies:
+        print("no tracing policies")
+    for p in policies:
+        p = p if isinstance(p, dict) else {"name": str(p)}
+        where = p.get("file", "") + (f"[{p['document']}]" if p.get("document") is not None else "")
+        print(f"{p.get('name') or '-'}  {where}  {p.get('state', '?')}")
+        if p.get("error"):
+            print(f"    error: {p['error']}")
+        for h in p.get("hooks", []):
+            print(f"    {h['hook']}: {h['backend']} ({', '.join(h['attach'])})")

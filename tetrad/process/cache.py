@@ -24,6 +24,9 @@ class ProcessCache:
         self.clock = clock
         self.by_exec_id: OrderedDict[str, Process] = OrderedDict()
         self.by_pid: dict[int, Process] = {}
+        # the last exited process of each pid, until collected: events from
+        # other ring buffers (tracing policies) may be handled after its exit
+        self.exited_by_pid: dict[int, Process] = {}
         self._collectable: deque[tuple[float, str]] = deque()
         self.evictions = 0
         self.misses = 0
@@ -36,6 +39,10 @@ class ProcessCache:
 
     def current(self, pid: int) -> Process | None:
         return self.by_pid.get(pid)
+
+    def find(self, pid: int) -> Process | None:
+        """The running process of `pid`, else the last one that exited."""
+        return self.by_pid.get(pid) or self.exited_by_pid.get(pid)
 
     def parent_of(self, proc: Process) -> Process | None:
         if not proc.parent_exec_id:
@@ -63,6 +70,7 @@ class ProcessCache:
             self.misses += 1
             return None
         proc.exited = True
+        self.exited_by_pid[pid] = proc
         self._release_self(proc)
         return proc
 
@@ -92,6 +100,8 @@ class ProcessCache:
         if proc is None or proc.refcnt > 0:
             return 0   # already gone, or referenced again
         del self.by_exec_id[exec_id]
+        if self.exited_by_pid.get(proc.pid) is proc:
+            del self.exited_by_pid[proc.pid]
         parent = self.parent_of(proc)
         if parent is not None:
             self._decref(parent)
@@ -105,6 +115,8 @@ class ProcessCache:
             eid, proc = self.by_exec_id.popitem(last=False)
             if self.by_pid.get(proc.pid) is proc:
                 del self.by_pid[proc.pid]
+            if self.exited_by_pid.get(proc.pid) is proc:
+                del self.exited_by_pid[proc.pid]
             self.evictions += 1
 
     def stats(self) -> dict:

@@ -42,6 +42,14 @@ class ProcessSensor:
         self._cb = _cb  # keep a reference: BCC holds only a C pointer to it
         self.bpf[b"events"].open_ring_buffer(_cb)
 
+    def fileno(self) -> int:
+        """The ring buffer's fd, for epoll (tetrad/poller.py)."""
+        return self.bpf["events"].map_fd
+
+    def consume(self) -> None:
+        """Handle every queued record now, without waiting for a wakeup."""
+        self.bpf.ring_buffer_consume()
+
     def poll(self, timeout_ms: int) -> None:
         """Wait up to timeout_ms for a wakeup, then take whatever is queued:
         the kernel side wakes us only once per batch of records."""

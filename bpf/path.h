@@ -1,0 +1,81 @@
+/* Absolute paths of files and sockets' struct sock fields, read through
+ * BTF-resolved offsets (OFF_* macros from tetrad/offsets.py). */
+#ifndef TETRAD_PATH_H
+#define TETRAD_PATH_H
+
+#include "common.h"
+
+#define PATH_DEPTH     32     /* components of a path walked */
+#define PATH_NAME_MAX  256    /* one component, NUL included */
+
+struct path_walk {
+    void *names[PATH_DEPTH];  /* d_name.name of each component, leaf first */
+    u32 n;                    /* kept in memory: an unknown scalar to the verifier, so the
+                                 states of successive iterations match and prune */
+};
+
+/* Collect the components of (dentry, vfsmount) up to the global root, leaf
+ * first, crossing mount points.  Returns how many; sets *truncated when the
+ * path is deeper than PATH_DEPTH. */
+static __always_inline u32 collect_path(struct path_walk *w, void *dentry, void *vfsmnt, u32 *truncated)
+{
+    void *mnt = vfsmnt - OFF_mount__mnt;
+    volatile u32 *n = &w->n;
+    *n = 0;
+    for (int i = 0; i < PATH_DEPTH + 8; i++) {
+        void *mnt_root = PTR_MEMBER(vfsmnt, vfsmount, mnt_root);
+        if (dentry == mnt_root) {
+            void *parent_mnt = PTR_MEMBER(mnt, mount, mnt_parent);
+            if (parent_mnt == mnt)   /* the global root */
+                return *n;
+            dentry = PTR_MEMBER(mnt, mount, mnt_mountpoint);
+            mnt = parent_mnt;
+            vfsmnt = mnt + OFF_mount__mnt;
+            continue;
+        }
+        void *parent = PTR_MEMBER(dentry, dentry, d_parent);
+        if (parent == dentry || !parent)
+            return *n;
+        u32 at = *n;
+        if (at >= PATH_DEPTH) {
+            *truncated = 1;
+            return at;
+        }
+        w->names[at & (PATH_DEPTH - 1)] = PTR_MEMBER(dentry, dentry, d_name_name);
+        *n = at + 1;
+        dentry = parent;
+    }
+    *truncated = 1;
+    return *n;
+}
+
+/* Write "/a/b/c" for the collected components at buf[*pos...], root first,
+ * never past `limit` (buf must have PATH_NAME_MAX + 1 bytes beyond it).
+ * `*pos` lives in memory so that the verifier sees an unknown scalar and
+ * successive iterations verify alike. */
+static __always_inline void write_path(char *buf, volatile u32 *pos, u32 limit, struct path_walk *w, u32 n)
+{
+    u32 at = *pos;
+    if (n == 0 && at < limit) {
+        buf[at & 16383] = '/';
+        *pos = at + 1;
+        return;
+    }
+    volatile u32 *count = &w->n;
+    for (u32 j = 0; j < PATH_DEPTH; j++) {
+        u32 total = *count;
+        if (j >= total)
+            break;
+        at = *pos;
+        if (at > limit - PATH_NAME_MAX - 1)
+            break;
+        buf[at & 16383] = '/';
+        int len = bpf_probe_read_kernel_str(buf + ((at + 1) & 16383), PATH_NAME_MAX,
+                                            w->names[(total - 1 - j) & (PATH_DEPTH - 1)]);
+        /* len counts the NUL, which the next '/' overwrites; an error (< 0)
+         * moves *pos past `limit` and ends the walk */
+        *pos = at + len;
+    }
+}
+
+#endif

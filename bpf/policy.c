@@ -1,0 +1,1135 @@
+/* One TracingPolicy: a generic program per hook slot, parameterised by BPF
+ * maps that tetrad/policy/program.py fills from the policy.
+ *
+ * Every hook of the policy has a slot n < NHOOKS and two entry points,
+ * hook<n>_enter and hook<n>_exit, which userspace attaches to the
+ * tracepoints, kprobes or uprobes tetrad/policy/hooks.py chose.  What a slot
+ * reads (arguments and where they come from), its selectors and actions are
+ * map values, so changing a policy's values needs no recompilation.
+ * Selectors are evaluated here, in the kernel: an event that does not match
+ * costs no ring-buffer record.
+ */
+#include <uapi/linux/ptrace.h>   /* struct pt_regs: a stable ABI, unlike the kernel structs */
+#include "common.h"
+#include "path.h"
+
+
+
+#define RAW_ARGS        6        /* a function's or syscall's arguments */
+#define MAX_ARGS        5        /* traced arguments per hook */
+#define POS_RET         5        /* the return value's position among values */
+#define POS_BINARY      6        /* matchBinaries' path, borrowed for matching */
+#define MAX_SELECTORS   5
+#define MAX_MATCH       6        /* matchArgs (5) + matchReturnArgs (1) */
+#define MAX_VALUES      4
+#define MAX_ACTIONS     3
+#define MAX_PID_FILTERS 2
+#define MAX_NS_FILTERS  10
+#define MAX_CAP_FILTERS 2
+#define STR_KEY         256      /* Equal strings and Prefix keys */
+#define POSTFIX_KEY     128
+#define PREFIX_KEY      252      /* an LPM key holds at most 256 bytes: slot + 252 */
+#define FD_PATH_MAX     512
+#define STRING_MAX      1024
+#define BUF_MAX         4096
+#define DATA_LIMIT      16384    /* the arguments' bytes; DATA_MASK + 1 */
+#define DATA_MASK       16383
+#define DATA_SIZE       (DATA_LIMIT + BUF_MAX + 512)
+
+/* Bound a variable size for the verifier where the compiler would otherwise
+ * test one register and pass another to the helper. */
+#define BOUND(var, mask) asm volatile("%[v] &= " #mask : [v] "+r"(var))
+
+/* phases */
+#define PHASE_ENTER 0
+#define PHASE_EXIT  1
+
+/* hook_conf.flags */
+#define HOOKF_AT_EXIT         (1u << 0)   /* evaluate and emit at the exit attachment */
+#define HOOKF_KPROBE          (1u << 1)   /* ctx is struct pt_regs */
+#define HOOKF_SYSCALL_WRAPPER (1u << 2)   /* the real arguments sit behind a pt_regs pointer */
+#define HOOKF_FD_GATE         (1u << 3)   /* an fd argument: nothing to do unless it is followed */
+
+/* emulation modes (tetrad/policy/hooks.py EMU_*) */
+#define EMU_NONE        0
+#define EMU_FD_INSTALL  1
+#define EMU_FILE_OPEN   2
+#define EMU_TCP_CONNECT 3
+#define EMU_TCP_CLOSE   4
+#define EMU_TCP_SENDMSG 5
+
+/* argument classes (tetrad/policy/program.py ARG_*) */
+enum {
+    ARG_NONE = 0, ARG_S64, ARG_U64, ARG_S32, ARG_U32, ARG_S16, ARG_U16, ARG_S8, ARG_U8,
+    ARG_STRING, ARG_CHAR_BUF, ARG_FD, ARG_FILE, ARG_PATH, ARG_SOCK, ARG_SOCKADDR,
+};
+
+/* argument flags */
+#define ARGF_RETURN_COPY (1u << 0)
+
+/* operators (tetrad/policy/program.py OP_*) */
+enum {
+    OP_EQ = 1, OP_NEQ, OP_PREFIX, OP_NOT_PREFIX, OP_POSTFIX, OP_NOT_POSTFIX, OP_GT, OP_LT,
+    OP_MASK, OP_IN_RANGE, OP_NOT_IN_RANGE, OP_SPORT, OP_NOT_SPORT, OP_SPORT_PRIV,
+    OP_NOT_SPORT_PRIV, OP_DPORT, OP_NOT_DPORT, OP_DPORT_PRIV, OP_NOT_DPORT_PRIV, OP_SADDR,
+    OP_NOT_SADDR, OP_DADDR, OP_NOT_DADDR, OP_PROTOCOL, OP_FAMILY, OP_IN, OP_NOT_IN,
+};
+
+/* actions */
+enum {
+    ACT_POST = 1, ACT_NOPOST, ACT_FOLLOWFD, ACT_UNFOLLOWFD, ACT_COPYFD, ACT_SIGNAL, ACT_SIGKILL,
+};
+
+struct arg_conf {
+    u8 type;        /* ARG_* */
+    u8 src;         /* raw argument 0..5, or POS_RET */
+    u8 size_src;    /* raw argument holding a char_buf's size, + 1; 0 = none */
+    u8 flags;       /* ARGF_* */
+};
+
+struct hook_conf {
+    u32 flags;
+    u32 mode;
+    u32 nargs;
+    u32 nselectors;
+    struct arg_conf args[MAX_ARGS + 1];   /* [POS_RET]: the return argument */
+    u16 tp_off[RAW_ARGS];                 /* raw argument i at ctx + tp_off[i] ... */
+    u8 tp_size[RAW_ARGS];                 /* ... of this many bytes (0: not read) */
+    u8 tp_signed[RAW_ARGS];
+    u16 ret_off;                          /* exit tracepoint: the return value */
+    u8 ret_size;
+    u8 ret_signed;
+    u8 fd_src;                            /* HOOKF_FD_GATE: the raw argument holding the fd */
+    u8 pad[3];
+};
+
+struct match_conf {
+    u8 pos;         /* argument position, POS_RET for matchReturnArgs */
+    u8 op;
+    u8 nvalues;
+    u8 is_signed;
+    u32 pad;
+    u64 lo[MAX_VALUES];
+    u64 hi[MAX_VALUES];   /* InRange upper bounds */
+};
+
+struct pid_conf {
+    u8 op;          /* OP_IN / OP_NOT_IN */
+    u8 follow_forks;
+    u8 ns_pid;
+    u8 present;
+};
+
+struct ns_conf {
+    u8 ns;          /* index in tetrad's namespace order */
+    u8 op;
+    u8 nvalues;
+    u8 pad;
+    u32 values[MAX_VALUES];
+};
+
+struct cap_conf {
+    u8 set;         /* 0 effective, 1 inheritable, 2 permitted */
+    u8 op;
+    u8 pad[6];
+    u64 mask;
+};
+
+struct action_conf {
+    u8 action;
+    u8 arg_fd;      /* positions */
+    u8 arg_name;
+    u8 scope;       /* rate limit: 0 thread, 1 process, 2 global */
+    u32 sig;
+    u64 rate_ns;
+};
+
+struct selector_conf {
+    u32 nmatch;
+    u32 npids;
+    u32 nns;
+    u32 ncaps;
+    u32 nactions;
+    u8 bin_op;       /* matchBinaries: OP_IN .. OP_NOT_POSTFIX, 0 = none */
+    u8 pbin_op;      /* matchParentBinaries */
+    u8 pad[2];
+    struct match_conf match[MAX_MATCH];
+    struct pid_conf pids[MAX_PID_FILTERS];
+    struct ns_conf ns[MAX_NS_FILTERS];
+    struct cap_conf caps[MAX_CAP_FILTERS];
+    struct action_conf actions[MAX_ACTIONS];
+};
+
+struct sock_info {
+    u16 family, type, protocol, sport, dport;
+    u8 state, pad;
+    u32 mark, priority;
+    u8 saddr[16];
+    u8 daddr[16];
+    u64 cookie;
+};
+
+/* The ring-buffer record (tetrad/policy/records.py mirrors it). */
+struct policy_record {
+    struct record_header h;
+    u32 hook;
+    u32 pid;
+    u32 tid;
+    u32 selector;       /* matching selector + 1; 0 when the hook has none */
+    u32 action;         /* first action of the matching selector */
+    u32 flags;          /* RECF_* */
+    s64 ret;
+    u32 arg_len[8];     /* bytes of each position in data: arguments, POS_RET */
+    char data[DATA_SIZE];
+};
+#define RECORD_FIXED (offsetof(struct policy_record, data))
+#define RECF_TRUNCATED (1u << 0)
+
+struct eq_key { u32 slot; char s[STR_KEY]; };
+struct prefix_key { u32 prefixlen; u32 slot; char s[PREFIX_KEY]; };
+struct postfix_key { u32 prefixlen; u32 slot; char s[POSTFIX_KEY]; };
+struct fd_path { u32 len; char path[FD_PATH_MAX]; };
+
+struct scratch {
+    u32 slot;                       /* set by the entry point before its tail call */
+    u32 phase;
+    u32 next;                       /* the position or selector a stage works on */
+    struct policy_record rec;
+    u64 raw[8];                     /* RAW_ARGS used; 8 for masked indexing */
+    /* per position (0..4 arguments, POS_RET, POS_BINARY): integer value,
+     * where its bytes are in rec.data, and how many */
+    u64 val[8];
+    u32 off[8];
+    u32 len[8];
+    u32 pos;                        /* write position in rec.data */
+    u32 drop;
+    struct path_walk walk;
+    struct eq_key eq_key;
+    struct prefix_key prefix_key;
+    struct postfix_key postfix_key;
+    struct fd_path fd_path;
+};
+
+struct saved_key { u64 pid_tgid; u32 slot; u32 pad; };
+struct saved_args { u64 raw[RAW_ARGS]; };
+struct fd_key { u32 tgid; u32 fd; };
+struct pid_key { u32 slot; u32 pid; };
+struct addr_key { u32 prefixlen; u32 slot; u8 family; u8 addr[16]; };
+struct rate_key { u32 slot; u32 scope; u64 hash; };
+
+BPF_RINGBUF_OUTPUT(events, RB_PAGES);
+BPF_PERCPU_ARRAY(lost_records, u64, 1);
+BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
+BPF_ARRAY(hooks, struct hook_conf, NHOOKS);
+BPF_ARRAY(selectors, struct selector_conf, NHOOKS * MAX_SELECTORS);
+BPF_ARRAY(settings, u32, 2);                 /* [0] enabled, [1] the daemon's own tgid */
+/* arguments saved at entry for the exit; LRU, since an exit can be missed
+ * (a hook attached between a thread's entry and exit, exit_group, execve) */
+BPF_TABLE("lru_hash", struct saved_key, struct saved_args, saved, 16384);
+BPF_TABLE("lru_hash", struct fd_key, struct fd_path, fd_paths, 8192);
+BPF_HASH(str_eq, struct eq_key, u8, 1024);
+BPF_LPM_TRIE(str_prefix, struct prefix_key, u8, 1024);
+BPF_LPM_TRIE(str_postfix, struct postfix_key, u8, 1024);
+BPF_HASH(pid_set, struct pid_key, u8, 1024);
+BPF_LPM_TRIE(addr_trie, struct addr_key, u8, 1024);
+BPF_TABLE("lru_hash", struct rate_key, u64, rate_last, 8192);
+
+static __always_inline u64 sign_extend(u64 v, u32 size, u32 is_signed)
+{
+    switch (size) {
+    case 1: return is_signed ? (u64)(s64)(s8)v : (u8)v;
+    case 2: return is_signed ? (u64)(s64)(s16)v : (u16)v;
+    case 4: return is_signed ? (u64)(s64)(s32)v : (u32)v;
+    default: return v;
+    }
+}
+
+static __always_inline u64 read_ctx_field(void *ctx, u32 off, u32 size, u32 is_signed)
+{
+    u64 v = 0;
+    switch (size) {
+    case 1: bpf_probe_read_kernel(&v, 1, ctx + off); break;
+    case 2: bpf_probe_read_kernel(&v, 2, ctx + off); break;
+    case 4: bpf_probe_read_kernel(&v, 4, ctx + off); break;
+    case 8: bpf_probe_read_kernel(&v, 8, ctx + off); break;
+    default: return 0;
+    }
+    return sign_extend(v, size, is_signed);
+}
+
+static __always_inline void read_raw_args(void *ctx, struct hook_conf *hc, u64 *raw)
+{
+    if (hc->flags & HOOKF_KPROBE) {
+        struct pt_regs *regs = ctx;
+        if (hc->flags & HOOKF_SYSCALL_WRAPPER) {
+            void *inner = (void *)PT_REGS_PARM1(regs);
+            bpf_probe_read_kernel(&raw[0], 8, inner + offsetof(struct pt_regs, di));
+            bpf_probe_read_kernel(&raw[1], 8, inner + offsetof(struct pt_regs, si));
+            bpf_probe_read_kernel(&raw[2], 8, inner + offsetof(struct pt_regs, dx));
+            bpf_probe_read_kernel(&raw[3], 8, inner + offsetof(struct pt_regs, r10));
+            bpf_probe_read_kernel(&raw[4], 8, inner + offsetof(struct pt_regs, r8));
+            bpf_probe_read_kernel(&raw[5], 8, inner + offsetof(struct pt_regs, r9));
+        } else {
+            raw[0] = PT_REGS_PARM1(regs);
+            raw[1] = PT_REGS_PARM2(regs);
+            raw[2] = PT_REGS_PARM3(regs);
+            raw[3] = PT_REGS_PARM4(regs);
+            raw[4] = PT_REGS_PARM5(regs);
+            raw[5] = PT_REGS_PARM6(regs);
+        }
+        return;
+    }
+    for (int i = 0; i < RAW_ARGS; i++)
+        raw[i] = read_ctx_field(ctx, hc->tp_off[i], hc->tp_size[i], hc->tp_signed[i]);
+}
+
+/* The struct file behind fd `fd` of the current task. */
+static __always_inline void *file_of_fd(u64 fd)
+{
+    void *task = (void *)bpf_get_current_task();
+    void *files = PTR_MEMBER(task, task_struct, files);
+    void *fdt = PTR_MEMBER(files, files_struct, fdt);
+    u32 max = 0;
+    READ_MEMBER(max, fdt, fdtable, max_fds);
+    if (fd >= max)
+        return 0;
+    void **fds = PTR_MEMBER(fdt, fdtable, fd);
+    return read_ptr(&fds[fd]);
+}
+
+static __always_inline void *sock_of_fd(u64 fd)
+{
+    void *file = file_of_fd(fd);
+    void *socket = PTR_MEMBER(file, file, private_data);
+    return PTR_MEMBER(socket, socket, sk);
+}
+
+static __always_inline u16 sock_protocol(void *sk)
+{
+    u16 proto = 0;
+    READ_MEMBER(proto, sk, sock, sk_protocol);
+    return proto;
+}
+
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT    2
+#define TCP_FIN_WAIT1   4
+#define TCP_CLOSE       7
+#define TCP_CLOSE_WAIT  8
+#define TCP_LAST_ACK    9
+#define IPPROTO_TCP_NUM 6
+#define EINPROGRESS_NUM 115
+
+/* Turn what a tracepoint equivalent saw into the kernel function's arguments;
+ * 0 when this occurrence is not one the function would have seen. */
+static __always_inline int emulate(u32 mode, u64 *raw, s64 ret)
+{
+    switch (mode) {
+    case EMU_FD_INSTALL:
+        if (ret < 0)
+            return 0;
+        raw[0] = ret;
+        raw[1] = (u64)file_of_fd(ret);
+        return raw[1] != 0;
+    case EMU_FILE_OPEN:
+        if (ret < 0)
+            return 0;
+        raw[0] = (u64)file_of_fd(ret);
+        return raw[0] != 0;
+    case EMU_TCP_CONNECT: {
+        if (ret != 0 && ret != -EINPROGRESS_NUM)
+            return 0;
+        void *sk = sock_of_fd(raw[0]);
+        if (!sk || sock_protocol(sk) != IPPROTO_TCP_NUM)
+            return 0;
+        raw[0] = (u64)sk;
+        return 1;
+    }
+    case EMU_TCP_CLOSE: {
+        /* raw: skaddr, oldstate, newstate, protocol */
+        if (raw[3] != IPPROTO_TCP_NUM)
+            return 0;
+        u64 from = raw[1], to = raw[2];
+        return (from == TCP_ESTABLISHED && to == TCP_FIN_WAIT1) ||
+               (from == TCP_CLOSE_WAIT && to == TCP_LAST_ACK) ||
+               (to == TCP_CLOSE && (from == TCP_SYN_SENT || from == TCP_ESTABLISHED ||
+                                    from == TCP_CLOSE_WAIT));
+    }
+    case EMU_TCP_SENDMSG:
+        /* raw: sk, protocol, bytes */
+        if (raw[1] != IPPROTO_TCP_NUM || (s64)raw[2] <= 0)
+            return 0;
+        raw[1] = 0;
+        return 1;
+    }
+    return 1;
+}
+
+static __always_inline void read_sock(struct sock_info *si, void *sk)
+{
+    READ_MEMBER(si->family, sk, sock, __sk_common_skc_family);
+    READ_MEMBER(si->type, sk, sock, sk_type);
+    si->protocol = sock_protocol(sk);
+    READ_MEMBER(si->sport, sk, sock, __sk_common_skc_num);
+    u16 dport = 0;
+    READ_MEMBER(dport, sk, sock, __sk_common_skc_dport);
+    si->dport = (dport >> 8) | (dport << 8);
+    READ_MEMBER(si->state, sk, sock, __sk_common_skc_state);
+    READ_MEMBER(si->mark, sk, sock, sk_mark);
+    READ_MEMBER(si->priority, sk, sock, sk_priority);
+    READ_MEMBER(si->cookie, sk, sock, __sk_common_skc_cookie);
+    if (si->family == 10) {   /* AF_INET6 */
+        bpf_probe_read_kernel(si->saddr, 16, sk + OFF_sock____sk_common_skc_v6_rcv_saddr);
+        bpf_probe_read_kernel(si->daddr, 16, sk + OFF_sock____sk_common_skc_v6_daddr);
+    } else {
+        bpf_probe_read_kernel(si->saddr, 4, sk + OFF_sock____sk_common_skc_rcv_saddr);
+        bpf_probe_read_kernel(si->daddr, 4, sk + OFF_sock____sk_common_skc_daddr);
+    }
+}
+
+/* struct sockaddr from user (or kernel) memory: family, port, address. */
+static __always_inline void read_sockaddr(struct sock_info *si, void *addr)
+{
+    u8 raw[24] = {};
+    if (bpf_probe_read_user(raw, sizeof(raw), addr) < 0)
+        bpf_probe_read_kernel(raw, sizeof(raw), addr);
+    si->family = raw[0] | (raw[1] << 8);
+    si->sport = (raw[2] << 8) | raw[3];
+    if (si->family == 10)
+        __builtin_memcpy(si->saddr, raw + 8, 16);
+    else
+        __builtin_memcpy(si->saddr, raw + 4, 4);
+}
+
+/* Append a path (dentry, vfsmount) to the record's data. */
+static __always_inline void append_path(struct scratch *s, void *dentry, void *vfsmnt)
+{
+    u32 truncated = 0;
+    u32 n = collect_path(&s->walk, dentry, vfsmnt, &truncated);
+    write_path(s->rec.data, &s->pos, DATA_LIMIT, &s->walk, n);
+    if (truncated)
+        s->rec.flags |= RECF_TRUNCATED;
+}
+
+/* Read the value at position `p` into the record. */
+static __always_inline void read_value(struct scratch *s, struct arg_conf *ac, u32 p, u64 v, s64 ret)
+{
+    struct policy_record *r = &s->rec;
+    u32 start = s->pos;
+    s->off[p & 7] = start;
+    switch (ac->type) {
+    case ARG_S64: case ARG_U64: break;
+    case ARG_S32: v = (u64)(s64)(s32)v; break;
+    case ARG_U32: v = (u32)v; break;
+    case ARG_S16: v = (u64)(s64)(s16)v; break;
+    case ARG_U16: v = (u16)v; break;
+    case ARG_S8: v = (u64)(s64)(s8)v; break;
+    case ARG_U8: v = (u8)v; break;
+    }
+    s->val[p & 7] = v;
+    if (start > DATA_LIMIT - 64) {
+        r->flags |= RECF_TRUNCATED;
+        s->len[p & 7] = 0;
+        return;
+    }
+    char *dst = r->data + (start & DATA_MASK);
+    switch (ac->type) {
+    case ARG_NONE:
+        break;
+    case ARG_STRING: {
+        int n = bpf_probe_read_user_str(dst, STRING_MAX, (void *)v);
+        if (n < 0)
+            n = bpf_probe_read_kernel_str(dst, STRING_MAX, (void *)v);
+        if (n > 0)
+            s->pos = start + n - 1;
+        break;
+    }
+    case ARG_CHAR_BUF: {
+        s64 size = 0;
+        if (ac->flags & ARGF_RETURN_COPY)
+            size = ret;
+        else if (ac->size_src)
+            size = s->raw[(ac->size_src - 1) & 7];
+        if (size <= 0)
+            break;
+        if (size > BUF_MAX) {
+            size = BUF_MAX;
+            r->flags |= RECF_TRUNCATED;
+        }
+        if (start + size > DATA_LIMIT) {
+            r->flags |= RECF_TRUNCATED;
+            break;
+        }
+        u64 n = size;
+        BOUND(n, 8191);
+        if (bpf_probe_read_user(dst, n, (void *)v) < 0 && bpf_probe_read_kernel(dst, n, (void *)v) < 0)
+            break;
+        s->pos = start + size;
+        break;
+    }
+    case ARG_FD: {
+        struct fd_key key = {.tgid = bpf_get_current_pid_tgid() >> 32, .fd = (u32)v};
+        struct fd_path *fp = fd_paths.lookup(&key);
+        if (!fp) {
+            s->drop = 1;   /* as Tetragon: an fd argument needs a followed fd */
+            break;
+        }
+        u32 len = fp->len;
+        BOUND(len, 511);
+        bpf_probe_read_kernel(dst, len, fp->path);
+        s->pos = start + len;
+        break;
+    }
+    case ARG_FILE:
+    case ARG_PATH: {
+        /* a file's f_path is a struct path */
+        void *path = (void *)v + (ac->type == ARG_FILE ? OFF_file__f_path_mnt - OFF_path__mnt : 0);
+        if (v)
+            append_path(s, PTR_MEMBER(path, path, dentry), PTR_MEMBER(path, path, mnt));
+        break;
+    }
+    case ARG_SOCK:
+    case ARG_SOCKADDR: {
+        struct sock_info *si = (struct sock_info *)dst;
+        __builtin_memset(si, 0, sizeof(*si));
+        if (v && ac->type == ARG_SOCK)
+            read_sock(si, (void *)v);
+        else if (v)
+            read_sockaddr(si, (void *)v);
+        s->pos = start + sizeof(*si);
+        break;
+    }
+    default:   /* integers: their 8 bytes */
+        __builtin_memcpy(dst, &v, 8);
+        s->pos = start + 8;
+    }
+    s->len[p & 7] = s->pos - start;
+    if (p <= POS_RET)
+        r->arg_len[p & 7] = s->pos - start;
+}
+
+/* ---- selectors ----------------------------------------------------------- */
+
+static __always_inline int match_string(struct scratch *s, u32 slot, u32 op, u32 p)
+{
+    u32 off = s->off[p & 7], len = s->len[p & 7];
+    char *src = s->rec.data + (off & DATA_MASK);
+    int found = 0;
+    if (op == OP_EQ || op == OP_NEQ || op == OP_IN || op == OP_NOT_IN) {
+        __builtin_memset(&s->eq_key, 0, sizeof(s->eq_key));
+        s->eq_key.slot = slot;
+        if (len < STR_KEY) {
+            u32 n = len;
+            BOUND(n, 255);
+            bpf_probe_read_kernel(s->eq_key.s, n, src);
+            found = str_eq.lookup(&s->eq_key) != 0;
+        }
+        return (op == OP_EQ || op == OP_IN) ? found : !found;
+    }
+    if (op == OP_PREFIX || op == OP_NOT_PREFIX) {
+        u32 n = len < PREFIX_KEY ? len : PREFIX_KEY;
+        s->prefix_key.slot = slot;
+        s->prefix_key.prefixlen = 32 + n * 8;
+        BOUND(n, 255);
+        bpf_probe_read_kernel(s->prefix_key.s, n, src);
+        found = str_prefix.lookup(&s->prefix_key) != 0;
+        return op == OP_PREFIX ? found : !found;
+    }
+    /* Postfix: the reversed tail against reversed values */
+    u32 n = len < POSTFIX_KEY - 1 ? len : POSTFIX_KEY - 1;
+    s->postfix_key.slot = slot;
+    s->postfix_key.prefixlen = 32 + n * 8;
+    /* no data-dependent exit: bytes past n are ignored by the LPM lookup,
+     * and a loop without branches verifies in linear time */
+    u32 last = off + len - 1;
+    for (u32 i = 0; i < POSTFIX_KEY - 1; i++)
+        s->postfix_key.s[i] = s->rec.data[(last - i) & DATA_MASK];
+    found = str_postfix.lookup(&s->postfix_key) != 0;
+    return op == OP_POSTFIX ? found : !found;
+}
+
+static __always_inline int any_value(struct match_conf *m, u64 v, u32 op)
+{
+    for (int i = 0; i < MAX_VALUES; i++) {
+        if (i >= m->nvalues)
+            break;
+        u64 lo = m->lo[i], hi = m->hi[i];
+        switch (op) {
+        case OP_EQ: case OP_NEQ: if (v == lo) return 1; break;
+        case OP_MASK: if (v & lo) return 1; break;
+        case OP_GT: if (m->is_signed ? (s64)v > (s64)lo : v > lo) return 1; break;
+        case OP_LT: if (m->is_signed ? (s64)v < (s64)lo : v < lo) return 1; break;
+        case OP_IN_RANGE: case OP_NOT_IN_RANGE:
+            if (m->is_signed ? ((s64)v >= (s64)lo && (s64)v <= (s64)hi) : (v >= lo && v <= hi))
+                return 1;
+            break;
+        }
+    }
+    return 0;
+}
+
+static __always_inline int match_addr(struct scratch *s, u32 slot, struct sock_info *si, int dst)
+{
+    struct addr_key k = {};
+    k.slot = slot;
+    k.family = si->family == 10 ? 6 : 4;
+    u32 bits = si->family == 10 ? 128 : 32;
+    k.prefixlen = 32 + 8 + bits;
+    __builtin_memcpy(k.addr, dst ? si->daddr : si->saddr, 16);
+    return addr_trie.lookup(&k) != 0;
+}
+
+static __always_inline int match_sock(struct scratch *s, struct match_conf *m, u32 slot)
+{
+    struct sock_info *si = (struct sock_info *)(s->rec.data + (s->off[m->pos & 7] & DATA_MASK));
+    switch (m->op) {
+    case OP_SPORT: return any_value(m, si->sport, OP_EQ);
+    case OP_NOT_SPORT: return !any_value(m, si->sport, OP_EQ);
+    case OP_SPORT_PRIV: return si->sport < 1024;
+    case OP_NOT_SPORT_PRIV: return si->sport >= 1024;
+    case OP_DPORT: return any_value(m, si->dport, OP_EQ);
+    case OP_NOT_DPORT: return !any_value(m, si->dport, OP_EQ);
+    case OP_DPORT_PRIV: return si->dport < 1024;
+    case OP_NOT_DPORT_PRIV: return si->dport >= 1024;
+    case OP_SADDR: return match_addr(s, slot, si, 0);
+    case OP_NOT_SADDR: return !match_addr(s, slot, si, 0);
+    case OP_DADDR: return match_addr(s, slot, si, 1);
+    case OP_NOT_DADDR: return !match_addr(s, slot, si, 1);
+    case OP_PROTOCOL: return any_value(m, si->protocol, OP_EQ);
+    case OP_FAMILY: return any_value(m, si->family, OP_EQ);
+    }
+    return 0;
+}
+
+static __always_inline int match_arg(struct scratch *s, struct hook_conf *hc, struct match_conf *m, u32 slot)
+{
+    u32 p = m->pos;
+    if (p > POS_RET)
+        return 0;
+    u8 type = hc->args[p].type;
+    if (type == ARG_SOCK || type == ARG_SOCKADDR)
+        return match_sock(s, m, slot);
+    if (type == ARG_STRING || type == ARG_CHAR_BUF || type == ARG_FD || type == ARG_FILE || type == ARG_PATH)
+        return match_string(s, slot, m->op, p);
+    u64 v = s->val[p];
+    switch (m->op) {
+    case OP_NEQ: case OP_NOT_IN_RANGE:
+        return !any_value(m, v, m->op);
+    default:
+        return any_value(m, v, m->op);
+    }
+}
+
+/* tgid, or with ns_pid the pid in the task's own pid namespace (0 in the
+ * initial one) */
+static __always_inline u32 task_pid(void *task, u32 ns_pid)
+{
+    u32 pid = 0;
+    if (!ns_pid) {
+        READ_MEMBER(pid, task, task_struct, tgid);
+        return pid;
+    }
+    void *tpid = PTR_MEMBER(task, task_struct, thread_pid);
+    u32 level = 0;
+    READ_MEMBER(level, tpid, pid, level);
+    if (level < 1 || level > 31)
+        return 0;   /* as Tetragon: no namespace pid outside a pid namespace */
+    READ_MEMBER(pid, tpid + OFF_pid__numbers + level * SIZEOF_upid, upid, nr);
+    return pid;
+}
+
+static __always_inline int match_pids(struct pid_conf *pc, u32 slot)
+{
+    void *task = (void *)bpf_get_current_task();
+    int found = 0;
+    /* as Tetragon: a namespace-pid rule never matches a process outside a
+     * pid namespace, whatever its operator */
+    if (pc->ns_pid && !task_pid(task, 1))
+        return 0;
+    for (int depth = 0; depth < 8; depth++) {
+        struct pid_key k = {.slot = slot, .pid = task_pid(task, pc->ns_pid)};
+        if (k.pid == 0)
+            break;
+        if (pid_set.lookup(&k)) {
+            found = 1;
+            break;
+        }
+        if (!pc->follow_forks)
+            break;
+        task = PTR_MEMBER(task, task_struct, real_parent);
+        if (!task)
+            break;
+    }
+    return pc->op == OP_IN ? found : !found;
+}
+
+static __always_inline u32 read_ns(void *task, u32 which)
+{
+    if (which == 9) {   /* user */
+        void *cred = PTR_MEMBER(task, task_struct, cred);
+        void *ns = PTR_MEMBER(cred, cred, user_ns);
+        u32 inum = 0;
+        READ_MEMBER(inum, ns, user_namespace, ns_inum);
+        return inum;
+    }
+    if (which == 3) {   /* pid: the task's own */
+        void *tpid = PTR_MEMBER(task, task_struct, thread_pid);
+        u32 level = 0;
+        READ_MEMBER(level, tpid, pid, level);
+        if (level > 31)
+            return 0;
+        void *ns = PTR_MEMBER(tpid + OFF_pid__numbers + level * SIZEOF_upid, upid, ns);
+        u32 inum = 0;
+        READ_MEMBER(inum, ns, pid_namespace, ns_inum);
+        return inum;
+    }
+    void *nsp = PTR_MEMBER(task, task_struct, nsproxy);
+    void *ns = 0;
+    u32 off = 0;
+    switch (which) {
+    case 0: ns = PTR_MEMBER(nsp, nsproxy, uts_ns); off = OFF_uts_namespace__ns_inum; break;
+    case 1: ns = PTR_MEMBER(nsp, nsproxy, ipc_ns); off = OFF_ipc_namespace__ns_inum; break;
+    case 2: ns = PTR_MEMBER(nsp, nsproxy, mnt_ns); off = OFF_mnt_namespace__ns_inum; break;
+    case 4: ns = PTR_MEMBER(nsp, nsproxy, pid_ns_for_children); off = OFF_pid_namespace__ns_inum; break;
+    case 5: ns = PTR_MEMBER(nsp, nsproxy, net_ns); off = OFF_net__ns_inum; break;
+#ifdef OFF_nsproxy__time_ns
+    case 6: ns = PTR_MEMBER(nsp, nsproxy, time_ns); off = OFF_time_namespace__ns_inum; break;
+    case 7: ns = PTR_MEMBER(nsp, nsproxy, time_ns_for_children); off = OFF_time_namespace__ns_inum; break;
+#endif
+    case 8: ns = PTR_MEMBER(nsp, nsproxy, cgroup_ns); off = OFF_cgroup_namespace__ns_inum; break;
+    }
+    u32 inum = 0;
+    if (ns)
+        bpf_probe_read_kernel(&inum, 4, ns + off);
+    return inum;
+}
+
+static __always_inline int match_ns(struct ns_conf *nc)
+{
+    u32 inum = read_ns((void *)bpf_get_current_task(), nc->ns);
+    int found = 0;
+    for (int i = 0; i < MAX_VALUES; i++)
+        if (i < nc->nvalues && nc->values[i] == inum)
+            found = 1;
+    return nc->op == OP_IN ? found : !found;
+}
+
+static __always_inline int match_caps(struct cap_conf *cc)
+{
+    void *cred = PTR_MEMBER((void *)bpf_get_current_task(), task_struct, cred);
+    u64 caps = 0;
+    if (cc->set == 0)
+        READ_MEMBER(caps, cred, cred, cap_effective);
+    else if (cc->set == 1)
+        READ_MEMBER(caps, cred, cred, cap_inheritable);
+    else
+        READ_MEMBER(caps, cred, cred, cap_permitted);
+    int found = (caps & cc->mask) != 0;
+    return cc->op == OP_IN ? found : !found;
+}
+
+/* matchBinaries: the executable of `task` as a path, written after the
+ * arguments as position POS_BINARY (not part of the record sent). */
+static __always_inline int match_binary(struct scratch *s, void *task, u32 op, u32 slot)
+{
+    void *mm = PTR_MEMBER(task, task_struct, mm);
+    void *exe = mm ? PTR_MEMBER(mm, mm_struct, exe_file) : 0;
+    u32 end = s->pos;
+    s->off[POS_BINARY] = end;
+    if (exe)
+        append_path(s, PTR_MEMBER(exe, file, f_path_dentry), PTR_MEMBER(exe, file, f_path_mnt));
+    s->len[POS_BINARY] = s->pos - end;
+    s->pos = end;
+    return match_string(s, slot, op, POS_BINARY);
+}
+
+/* matchPIDs, matchBinaries, matchParentBinaries, matchNamespaces, matchCapabilities */
+static __always_inline int match_process(struct scratch *s, struct selector_conf *sc, u32 base)
+{
+    for (int i = 0; i < MAX_PID_FILTERS; i++) {
+        if (i >= sc->npids)
+            break;
+        if (!match_pids(&sc->pids[i], base * MAX_PID_FILTERS + i))
+            return 0;
+    }
+    if (sc->bin_op && !match_binary(s, (void *)bpf_get_current_task(), sc->bin_op, base * 8 + 6))
+        return 0;
+    if (sc->pbin_op) {
+        void *parent = PTR_MEMBER((void *)bpf_get_current_task(), task_struct, real_parent);
+        if (!match_binary(s, parent, sc->pbin_op, base * 8 + 7))
+            return 0;
+    }
+    for (int i = 0; i < MAX_NS_FILTERS; i++) {
+        if (i >= sc->nns)
+            break;
+        if (!match_ns(&sc->ns[i]))
+            return 0;
+    }
+    for (int i = 0; i < MAX_CAP_FILTERS; i++) {
+        if (i >= sc->ncaps)
+            break;
+        if (!match_caps(&sc->caps[i]))
+            return 0;
+    }
+    return 1;
+}
+
+/* ---- actions ------------------------------------------------------------- */
+
+static __always_inline int rate_limited(struct scratch *s, struct action_conf *ac, u32 slot)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct rate_key k = {.slot = slot};
+    k.scope = ac->scope == 0 ? (u32)pid_tgid : ac->scope == 1 ? pid_tgid >> 32 : 0;
+    u64 h = 14695981039346656037ULL;
+    for (int i = 0; i <= MAX_ARGS; i++)
+        h = (h ^ s->val[i] ^ s->len[i]) * 1099511628211ULL;
+    k.hash = h;
+    u64 now = bpf_ktime_get_ns();
+    u64 *last = rate_last.lookup(&k);
+    if (last && now - *last < ac->rate_ns)
+        return 1;
+    rate_last.update(&k, &now);
+    return 0;
+}
+
+static __always_inline void follow_fd(struct scratch *s, struct action_conf *ac)
+{
+    u32 p = ac->arg_name & 7;
+    struct fd_key key = {.tgid = bpf_get_current_pid_tgid() >> 32, .fd = (u32)s->val[ac->arg_fd & 7]};
+    struct fd_path *fp = &s->fd_path;
+    u32 len = s->len[p];
+    if (len > FD_PATH_MAX - 1)
+        len = FD_PATH_MAX - 1;
+    BOUND(len, 511);
+    fp->len = len;
+    bpf_probe_read_kernel(fp->path, len, s->rec.data + (s->off[p] & DATA_MASK));
+    fd_paths.update(&key, fp);
+}
+
+/* Returns 1 when the event is to be posted. */
+static __always_inline int run_actions(struct scratch *s, struct selector_conf *sc, u32 slot)
+{
+    int post = 1;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    for (int a = 0; a < MAX_ACTIONS; a++) {
+        if (a >= sc->nactions)
+            break;
+        struct action_conf *ac = &sc->actions[a];
+        if (a == 0)
+            s->rec.action = ac->action;
+        switch (ac->action) {
+        case ACT_POST:
+            if (ac->rate_ns && rate_limited(s, ac, slot * MAX_ACTIONS + a))
+                post = 0;
+            break;
+        case ACT_NOPOST:
+            post = 0;
+            break;
+        case ACT_FOLLOWFD:
+            follow_fd(s, ac);
+            break;
+        case ACT_UNFOLLOWFD: {
+            struct fd_key key = {.tgid = tgid, .fd = (u32)s->val[ac->arg_fd & 7]};
+            fd_paths.delete(&key);
+            break;
+        }
+        case ACT_COPYFD: {
+            struct fd_key from = {.tgid = tgid, .fd = (u32)s->val[ac->arg_fd & 7]};
+            struct fd_key to = {.tgid = tgid, .fd = (u32)s->val[ac->arg_name & 7]};
+            struct fd_path *fp = fd_paths.lookup(&from);
+            if (fp)
+                fd_paths.update(&to, fp);
+            break;
+        }
+        case ACT_SIGNAL:
+            bpf_send_signal(ac->sig);
+            break;
+        case ACT_SIGKILL:
+            bpf_send_signal(9);
+            break;
+        }
+    }
+    return post;
+}
+
+/* ---- the hook, in stages ------------------------------------------------ */
+/* Evaluation is split into programs chained by tail calls (START, one ARG
+ * per position, one SELECT per selector, then REST of that selector) so that
+ * each is verified alone and small; the state between them is the per-CPU
+ * scratch.  Each program type (tracepoint, kprobe) has its own four stages. */
+#define STAGE_START  0
+#define STAGE_ARG    1
+#define STAGE_SELECT 2
+#define STAGE_REST   3
+/* A program array belongs to one program type: tracepoint programs chain
+ * through tp_runners, kprobe/uprobe programs through kp_runners. */
+BPF_PROG_ARRAY(tp_runners, 4);
+BPF_PROG_ARRAY(kp_runners, 4);
+
+/* `kp` is a constant in each program, so only one of the arrays is used */
+static __always_inline void next_stage(void *ctx, int kp, u32 stage)
+{
+    if (kp)
+        kp_runners.call(ctx, stage);
+    else
+        tp_runners.call(ctx, stage);
+}
+
+static __always_inline struct scratch *get_scratch(void)
+{
+    u32 zero = 0;
+    return scratch_map.lookup(&zero);
+}
+
+static __always_inline void emit(struct scratch *s)
+{
+    struct policy_record *r = &s->rec;
+    u32 size = (RECORD_FIXED + s->pos) & (DATA_MASK * 2 + 1);
+    if (size > sizeof(*r))
+        size = sizeof(*r);
+    r->h.size = size;
+    if (events.ringbuf_output(r, size, 0) != 0) {
+        u32 zero = 0;
+        u64 *n = lost_records.lookup(&zero);
+        if (n)
+            __sync_fetch_and_add(n, 1);
+    }
+}
+
+static __always_inline int stage_start(void *ctx, int kp)
+{
+    struct scratch *s = get_scratch();
+    if (!s)
+        return 0;
+    u32 slot = s->slot;
+    struct hook_conf *hc = hooks.lookup(&slot);
+    if (!hc)
+        return 0;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    s64 ret = 0;
+    struct saved_key sk = {.pid_tgid = pid_tgid, .slot = slot};
+    if (s->phase == PHASE_ENTER) {
+        read_raw_args(ctx, hc, s->raw);
+        if (hc->flags & HOOKF_FD_GATE) {
+            /* an fd argument that is not followed drops the event anyway:
+             * decide now, before saving anything or reading other arguments */
+            struct fd_key fk = {.tgid = pid_tgid >> 32, .fd = (u32)s->raw[hc->fd_src & 7]};
+            if (!fd_paths.lookup(&fk))
+                return 0;
+        }
+        if (hc->flags & HOOKF_AT_EXIT) {
+            saved.update(&sk, (struct saved_args *)s->raw);
+            return 0;
+        }
+    } else {
+        struct saved_args *sa = saved.lookup(&sk);
+        if (sa) {
+            __builtin_memcpy(s->raw, sa->raw, sizeof(sa->raw));
+            saved.delete(&sk);
+        } else if (hc->mode == EMU_FD_INSTALL || hc->mode == EMU_FILE_OPEN) {
+            __builtin_memset(s->raw, 0, sizeof(s->raw));
+        } else {
+            return 0;   /* entered before the hook was attached */
+        }
+        if (hc->flags & HOOKF_KPROBE)
+            ret = PT_REGS_RC((struct pt_regs *)ctx);
+        else
+            ret = read_ctx_field(ctx, hc->ret_off, hc->ret_size, hc->ret_signed);
+    }
+    if (hc->mode != EMU_NONE && !emulate(hc->mode, s->raw, ret))
+        return 0;
+
+    struct policy_record *r = &s->rec;
+    __builtin_memset(r, 0, RECORD_FIXED);
+    r->h.type = RECORD_POLICY;
+    r->h.ktime = bpf_ktime_get_ns();
+    r->hook = slot;
+    r->pid = pid_tgid >> 32;
+    r->tid = (u32)pid_tgid;
+    r->ret = ret;
+    r->action = ACT_POST;
+    s->pos = 0;
+    s->drop = 0;
+    s->next = 0;
+    s->val[POS_RET] = ret;
+    next_stage(ctx, kp, STAGE_ARG);
+    return 0;
+}
+
+/* Read position s->next, then go on to the next one, or to the selectors. */
+static __always_inline int stage_arg(void *ctx, int kp)
+{
+    struct scratch *s = get_scratch();
+    if (!s)
+        return 0;
+    u32 slot = s->slot;
+    struct hook_conf *hc = hooks.lookup(&slot);
+    if (!hc)
+        return 0;
+    u32 p = s->next;
+    BOUND(p, 7);
+    if (p > POS_RET)
+        return 0;
+    struct arg_conf *ac = &hc->args[p];
+    if ((p < POS_RET && p < hc->nargs) || (p == POS_RET && ac->type != ARG_NONE)) {
+        u32 src = ac->src;
+        BOUND(src, 7);
+        u64 v = p == POS_RET ? (u64)s->rec.ret : s->raw[src];
+        read_value(s, ac, p, v, s->rec.ret);
+        if (s->drop)
+            return 0;
+    }
+    /* on to the next configured position: the arguments, then the return value */
+    u32 next = p + 1 < hc->nargs ? p + 1 : POS_RET;
+    if (p < POS_RET && (next < POS_RET || hc->args[POS_RET].type != ARG_NONE)) {
+        s->next = next;
+        next_stage(ctx, kp, STAGE_ARG);
+        return 0;
+    }
+    if (!hc->nselectors) {
+        emit(s);
+        return 0;
+    }
+    s->next = 0;
+    next_stage(ctx, kp, STAGE_SELECT);
+    return 0;
+}
+
+/* The matchArgs/matchReturnArgs of selector s->next. */
+static __always_inline int stage_select(void *ctx, int kp)
+{
+    struct scratch *s = get_scratch();
+    if (!s)
+        return 0;
+    u32 slot = s->slot;
+    struct hook_conf *hc = hooks.lookup(&slot);
+    u32 k = s->next;
+    if (!hc || k >= MAX_SELECTORS || k >= hc->nselectors)
+        return 0;   /* no selector matched: no event */
+    u32 idx = slot * MAX_SELECTORS + k;
+    struct selector_conf *sc = selectors.lookup(&idx);
+    if (!sc)
+        return 0;
+    int ok = 1;
+    for (int m = 0; m < MAX_MATCH; m++) {
+        if (m >= sc->nmatch)
+            break;
+        if (!match_arg(s, hc, &sc->match[m], idx * 8 + m)) {
+            ok = 0;
+            break;
+        }
+    }
+    if (ok) {
+        next_stage(ctx, kp, STAGE_REST);
+        return 0;
+    }
+    s->next = k + 1;
+    next_stage(ctx, kp, STAGE_SELECT);
+    return 0;
+}
+
+/* The process filters of selector s->next; on a match its actions and the event. */
+static __always_inline int stage_rest(void *ctx, int kp)
+{
+    struct scratch *s = get_scratch();
+    if (!s)
+        return 0;
+    u32 slot = s->slot;
+    u32 k = s->next;
+    if (k >= MAX_SELECTORS)
+        return 0;
+    u32 idx = slot * MAX_SELECTORS + k;
+    struct selector_conf *sc = selectors.lookup(&idx);
+    if (!sc)
+        return 0;
+    if (match_process(s, sc, idx)) {
+        s->rec.selector = k + 1;
+        if (run_actions(s, sc, idx))
+            emit(s);
+        return 0;
+    }
+    s->next = k + 1;
+    next_stage(ctx, kp, STAGE_SELECT);
+    return 0;
+}
+
+int tp_start(void *ctx) { return stage_start(ctx, 0); }
+int tp_arg(void *ctx) { return stage_arg(ctx, 0); }
+int tp_select(void *ctx) { return stage_select(ctx, 0); }
+int tp_rest(void *ctx) { return stage_rest(ctx, 0); }
+int kp_start(struct pt_regs *ctx) { return stage_start(ctx, 1); }
+int kp_arg(struct pt_regs *ctx) { return stage_arg(ctx, 1); }
+int kp_select(struct pt_regs *ctx) { return stage_select(ctx, 1); }
+int kp_rest(struct pt_regs *ctx) { return stage_rest(ctx, 1); }
+
+static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int kp)
+{
+    u32 zero = 0, one = 1;
+    u32 *enabled = settings.lookup(&zero);
+    u32 *self = settings.lookup(&one);
+    if (!enabled || !*enabled || !self || *self == (bpf_get_current_pid_tgid() >> 32))
+        return 0;
+    struct hook_conf *hc = hooks.lookup(&slot);
+    struct scratch *s = get_scratch();
+    if (!hc || !s)
+        return 0;
+    s->slot = slot;
+    s->phase = phase;
+    next_stage(ctx, kp, STAGE_START);
+    return 0;
+}
+
+/* Each slot's entry points: hook<n>_* for tracepoints, khook<n>_* for kprobes and uprobes. */
+#define HOOK(n) \
+    int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, 0); } \
+    int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT, 0); } \
+    int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, 1); } \
+    int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, 1); }
+
+HOOK(0)
+#if NHOOKS > 1
+HOOK(1)
+#endif
+#if NHOOKS > 2
+HOOK(2)
+#endif
+#if NHOOKS > 3
+HOOK(3)
+#endif
+#if NHOOKS > 4
+HOOK(4)
+#endif
+#if NHOOKS > 5
+HOOK(5)
+#endif
+#if NHOOKS > 6
+HOOK(6)
+#endif
+#if NHOOKS > 7
+HOOK(7)
+#endif
+#if NHOOKS > 8
+HOOK(8)
+#endif
+#if NHOOKS > 9
+HOOK(9)
+#endif
+#if NHOOKS > 10
+HOOK(10)
+#endif
+#if NHOOKS > 11
+HOOK(11)
+#endif
+#if NHOOKS > 12
+HOOK(12)
+#endif
+#if NHOOKS > 13
+HOOK(13)
+#endif
+#if NHOOKS > 14
+HOOK(14)
+#endif
+#if NHOOKS > 15
+HOOK(15)
+#endif

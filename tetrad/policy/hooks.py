@@ -1,0 +1,176 @@
+"""Choosing how each hook of a policy attaches on this kernel.
+
+The rule, in one place (`plan`):
+  tracepoints:                  the tracepoint itself
+  uprobes:                      a BCC uprobe (and uretprobe when a return value is traced)
+  kprobes with syscall: true:   a kprobe (+kretprobe) on the syscall's entry function where the
+                                kernel has kprobes, else syscalls:sys_enter_X (+ sys_exit_X for
+                                `return`/`returnCopy`)
+  kprobes on kernel functions:  a kprobe (+kretprobe) where the kernel has kprobes, else the
+                                documented tracepoint equivalent in EQUIVALENTS, else rejected
+A policy can force a choice with `spec.options: [{name: hook-backend, value: kprobe|tracepoint}]`.
+`tetrad tracingpolicy list` shows each hook's backend and attach points.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+
+from .model import HOOK_KPROBE, HOOK_TRACEPOINT, HOOK_UPROBE, Hook, Policy
+
+BACKEND_KPROBE = "kprobe"
+BACKEND_SYSCALL_TP = "syscall-tracepoints"
+BACKEND_TRACEPOINT = "tracepoint"
+BACKEND_EQUIVALENT = "tracepoint-equivalent"
+BACKEND_UPROBE = "uprobe"
+
+FORCE_OPTION = "hook-backend"
+
+# Attachment phases: where the program runs relative to the hooked function.
+ENTER = 0
+EXIT = 1
+
+# Emulation modes; bpf/policy.c has the same numbers (EMU_*).
+EMU_NONE = 0
+EMU_FD_INSTALL = 1      # fd = return value of an open-family syscall, file = that fd's file
+EMU_FILE_OPEN = 2       # file = the file the open-family syscall returned
+EMU_TCP_CONNECT = 3     # sock = the socket of connect()'s fd, at connect()'s return
+EMU_TCP_CLOSE = 4       # sock = skaddr of sock:inet_sock_set_state leaving ESTABLISHED/CLOSE_WAIT
+EMU_TCP_SENDMSG = 5     # sock = sk of sock:sock_send_length, size = its byte count
+
+OPEN_SYSCALLS = ("open", "openat", "openat2", "creat")
+
+
+@dataclass(frozen=True)
+class Equivalent:
+    mode: int
+    attach: tuple[tuple[str, int], ...]   # (tracepoint, phase)
+    args: frozenset                       # the function arguments it supplies, by index
+    description: str
+
+
+def _exits(names) -> tuple:
+    return tuple((f"syscalls:sys_exit_{n}", EXIT) for n in names)
+
+
+EQUIVALENTS = {
+    "fd_install": Equivalent(
+        EMU_FD_INSTALL, _exits(OPEN_SYSCALLS), frozenset({0, 1}),
+        "exits of open/openat/openat2/creat: fd = the return value, file = the new fd's file"),
+    "security_file_open": Equivalent(
+        EMU_FILE_OPEN, _exits(OPEN_SYSCALLS), frozenset({0}),
+        "successful exits of open/openat/openat2/creat: file = the opened file"),
+    "tcp_connect": Equivalent(
+        EMU_TCP_CONNECT, (("syscalls:sys_enter_connect", ENTER), ("syscalls:sys_exit_connect", EXIT)),
+        frozenset({0}),
+        "connect() of a TCP socket, at its return (0 or EINPROGRESS), in the caller's context "
+        "with the full 4-tuple (sock:inet_sock_set_state CLOSE->SYN_SENT has no source port yet)"),
+    "tcp_close": Equivalent(
+        EMU_TCP_CLOSE, (("sock:inet_sock_set_state", ENTER),), frozenset({0}),
+        "sock:inet_sock_set_state from ESTABLISHED to FIN_WAIT1, from CLOSE_WAIT to LAST_ACK, "
+        "or to CLOSE from SYN_SENT/ESTABLISHED/CLOSE_WAIT (the caller's close() or shutdown())"),
+    "tcp_sendmsg": Equivalent(
+        EMU_TCP_SENDMSG, (("sock:sock_send_length", ENTER),), frozenset({0, 2}),
+        "sock:sock_send_length of TCP sockets with bytes sent > 0: sock = sk, size (index 2) = the "
+        "byte count"),
+}
+
+
+class PlanError(Exception):
+    pass
+
+
+@dataclass
+class Plan:
+    backend: str
+    attach: list[tuple[str, str, int]] = field(default_factory=list)   # (kind, target, phase)
+    mode: int = EMU_NONE
+    syscall_wrapper: bool = False     # kprobe on __x64_sys_*: args behind a pt_regs pointer
+    note: str = ""
+
+    def describe(self) -> str:
+        points = ", ".join(f"{k} {t}" for k, t, _ in self.attach)
+        return f"{self.backend} ({points})" + (f": {self.note}" if self.note else "")
+
+
+def forced_backend(policy: Policy) -> str:
+    for opt in policy.spec.get("options") or ():
+        if opt.get("name") == FORCE_OPTION:
+            value = opt.get("value", "auto")
+            if value not in ("auto", "kprobe", "tracepoint"):
+                raise PlanError(f"option {FORCE_OPTION}: {value!r} is not auto, kprobe or tracepoint")
+            return value
+    return "auto"
+
+
+def syscall_name(call: str) -> str:
+    for prefix in ("__x64_sys_", "__arm64_sys_", "__ia32_sys_", "__se_sys_", "ksys_", "sys_"):
+        if call.startswith(prefix):
+            return call[len(prefix):]
+    return call
+
+
+def syscall_function(name: str) -> str:
+    arch = {"x86_64": "__x64_sys_", "aarch64": "__arm64_sys_"}.get(platform.machine(), "sys_")
+    return arch + name
+
+
+def tracepoint_exists(tracefs: str, target: str) -> bool:
+    sub, event = target.split(":", 1)
+    return os.path.isdir(os.path.join(tracefs, "events", sub, event))
+
+
+def plan(hook: Hook, features, force: str = "auto") -> Plan:
+    """How `hook` attaches on a kernel with `features` (tetrad/features.py)."""
+    tracefs = features.tracefs or "/sys/kernel/tracing"
+    use_kprobe = features.kprobes if force == "auto" else force == "kprobe"
+    if force == "kprobe" and not features.kprobes:
+        raise PlanError(f"{hook.kind} {hook.name!r}: hook-backend kprobe forced, but this kernel has no kprobes")
+    if hook.kind == HOOK_TRACEPOINT:
+        target = f"{hook.subsystem}:{hook.event}"
+        if not tracepoint_exists(tracefs, target):
+            raise PlanError(f'tracepoint "{hook.subsystem}/{hook.event}" does not exist on this kernel')
+        return Plan(BACKEND_TRACEPOINT, [("tracepoint", target, ENTER)])
+    if hook.kind == HOOK_UPROBE:
+        if not features.uprobes:
+            raise PlanError(f'uprobe "{hook.name}": this kernel has no uprobes')
+        if not os.path.exists(hook.binary):
+            raise PlanError(f'uprobe "{hook.name}": {hook.binary} does not exist')
+        points = [("uprobe", hook.name, ENTER)]
+        if hook.needs_return:
+            points.append(("uretprobe", hook.name, EXIT))
+        return Plan(BACKEND_UPROBE, points)
+    assert hook.kind == HOOK_KPROBE
+    if hook.syscall:
+        name = syscall_name(hook.name)
+        if use_kprobe:
+            fn = syscall_function(name)
+            points = [("kprobe", fn, ENTER)] + ([("kretprobe", fn, EXIT)] if hook.needs_return else [])
+            return Plan(BACKEND_KPROBE, points, syscall_wrapper=fn.startswith("__"))
+        enter = f"syscalls:sys_enter_{name}"
+        if not tracepoint_exists(tracefs, enter):
+            raise PlanError(f'kprobe "{hook.name}": no syscall {name!r} on this kernel '
+                            f"(no tracepoint syscalls/sys_enter_{name})")
+        points = [("tracepoint", enter, ENTER)]
+        if hook.needs_return:
+            points.append(("tracepoint", f"syscalls:sys_exit_{name}", EXIT))
+        return Plan(BACKEND_SYSCALL_TP, points)
+    if use_kprobe:
+        points = [("kprobe", hook.name, ENTER)] + ([("kretprobe", hook.name, EXIT)] if hook.needs_return else [])
+        return Plan(BACKEND_KPROBE, points)
+    eq = EQUIVALENTS.get(hook.name)
+    if eq is None:
+        raise PlanError(f'kprobe "{hook.name}": this kernel has no kprobes and tetrad has no tracepoint equivalent'
+                        + (" (forced by hook-backend tracepoint)" if features.kprobes else ""))
+    missing = sorted({a.index for a in hook.args} - eq.args)
+    if missing:
+        raise PlanError(f'kprobe "{hook.name}": its tracepoint equivalent supplies arguments '
+                        f"{sorted(eq.args)}, not {missing}")
+    if hook.needs_return:
+        raise PlanError(f'kprobe "{hook.name}": its tracepoint equivalent has no return value')
+    points = [(("tracepoint", tp, phase)) for tp, phase in eq.attach if tracepoint_exists(tracefs, tp)]
+    if len(points) < len(eq.attach) if eq.mode == EMU_TCP_CONNECT else not points:
+        raise PlanError(f'kprobe "{hook.name}": the tracepoints of its equivalent are missing on this kernel')
+    return Plan(BACKEND_EQUIVALENT, points, mode=eq.mode, note=eq.description)

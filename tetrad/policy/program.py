@@ -1,0 +1,417 @@
+"""One loaded policy: bpf/policy.c compiled for its number of hooks, its maps
+filled from the policy (tetrad/policy/hooks.py says where each hook attaches),
+its programs attached, and its own ring buffer.
+
+Everything a selector compares against lives in maps, keyed by a "slot"
+number derived from (hook, selector, match): bpf/policy.c computes the same
+numbers.  Nothing of the policy is compiled into the C.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from ..bpf_loader import compile_program
+from . import hooks as hooks_mod
+from .hooks import ENTER, EXIT, Plan
+from .model import HOOK_KPROBE, HOOK_TRACEPOINT, Hook, Policy
+from .validate import parse_rate_limit
+
+log = logging.getLogger("tetrad.policy")
+
+MAX_HOOKS = 16
+MAX_SELECTORS = 5
+POS_RET = 5
+
+# bpf/policy.c enums
+ARG_CLASS = {
+    "int": 3, "sint32": 3, "int32": 3, "uint32": 4, "sint16": 5, "int16": 5, "uint16": 6,
+    "sint8": 7, "int8": 7, "uint8": 8, "long": 1, "sint64": 1, "int64": 1, "syscall64": 1,
+    "ulong": 2, "uint64": 2, "size_t": 2, "auto": 2, "string": 9, "char_buf": 10, "fd": 11,
+    "file": 12, "path": 13, "sock": 14, "sockaddr": 15, "nop": 0,
+}
+SIGNED_TYPES = {"int", "sint32", "int32", "sint16", "int16", "sint8", "int8", "long", "sint64",
+                "int64", "syscall64"}
+OPS = {
+    "Equal": 1, "NotEqual": 2, "Prefix": 3, "NotPrefix": 4, "Postfix": 5, "NotPostfix": 6,
+    "GreaterThan": 7, "GT": 7, "LessThan": 8, "LT": 8, "Mask": 9, "InRange": 10,
+    "NotInRange": 11, "SPort": 12, "NotSPort": 13, "SPortPriv": 14, "NotSPortPriv": 15,
+    "NotSportPriv": 15, "DPort": 16, "NotDPort": 17, "DPortPriv": 18, "NotDPortPriv": 19, "SAddr": 20,
+    "NotSAddr": 21, "DAddr": 22, "NotDAddr": 23, "Protocol": 24, "Family": 25, "In": 26,
+    "NotIn": 27,
+}
+ACTIONS = {"Post": 1, "NoPost": 2, "FollowFD": 3, "UnfollowFD": 4, "CopyFD": 5, "Signal": 6,
+           "Sigkill": 7}
+ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
+HOOKF_AT_EXIT, HOOKF_KPROBE, HOOKF_SYSCALL_WRAPPER, HOOKF_FD_GATE = 1, 2, 4, 8
+ARGF_RETURN_COPY = 1
+RUNNER_STAGES = ("start", "arg", "select", "rest")
+CONSUME_BUDGET = 4096   # records handled per wakeup of one ring buffer
+NAMESPACE_INDEX = {"Uts": 0, "Ipc": 1, "Mnt": 2, "Pid": 3, "PidForChildren": 4, "Net": 5,
+                   "Time": 6, "TimeForChildren": 7, "Cgroup": 8, "User": 9}
+NAMESPACE_PROC = ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time",
+                  "time_for_children", "cgroup", "user")
+CAP_SETS = {"Effective": 0, "Inheritable": 1, "Permitted": 2}
+FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10}
+PROTOCOLS = {"IPPROTO_ICMP": 1, "IPPROTO_TCP": 6, "IPPROTO_UDP": 17, "IPPROTO_RAW": 255}
+STRING_CLASSES = {9, 10, 11, 12, 13}
+SOCK_CLASSES = {14, 15}
+
+
+class ProgramError(Exception):
+    pass
+
+
+@dataclass
+class Field:
+    name: str
+    offset: int
+    size: int
+    signed: bool
+    type: str
+
+
+def tracepoint_fields(tracefs: str, target: str) -> list[Field]:
+    """The fields of a tracepoint's format file, common_* included (Tetragon's
+    tracepoint `index` counts them)."""
+    sub, event = target.split(":", 1)
+    fields = []
+    with open(os.path.join(tracefs, "events", sub, event, "format")) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("field:"):
+                continue
+            parts = dict(p.strip().split(":", 1) for p in line.split(";") if ":" in p)
+            decl = parts["field"].strip()
+            name = decl.split()[-1].split("[")[0]
+            fields.append(Field(name, int(parts["offset"]), int(parts["size"]),
+                                parts.get("signed", "0").strip() == "1", decl))
+    return fields
+
+
+def _syscall_arg_fields(tracefs: str, target: str) -> list[Field]:
+    return [f for f in tracepoint_fields(tracefs, target)
+            if not f.name.startswith("common_") and f.name != "__syscall_nr"]
+
+
+def _field(fields: list[Field], name: str) -> Field:
+    for f in fields:
+        if f.name == name:
+            return f
+    raise ProgramError(f"field {name!r} missing from the tracepoint")
+
+
+def cap_mask(names) -> int:
+    from ..process.model import CAPABILITIES
+    mask = 0
+    for n in names:
+        name = n if n.startswith("CAP_") else "CAP_" + n
+        for bit, cap in enumerate(CAPABILITIES):
+            if cap == name or "CAP_" + cap == name:
+                mask |= 1 << bit
+                break
+        else:
+            raise ProgramError(f"unknown capability {n!r}")
+    return mask
+
+
+class PolicyProgram:
+    """The BPF side of one policy.  `on_record(policy_program, bytes)` gets each record."""
+
+    def __init__(self, policy: Policy, plans: list[Plan], macros: dict, rb_pages: int,
+                 tracefs: str, procfs: str = "/proc"):
+        if len(policy.hooks) > MAX_HOOKS:
+            raise ProgramError(f"{len(policy.hooks)} hooks; tetrad loads at most {MAX_HOOKS} per policy")
+        self.policy = policy
+        self.plans = plans
+        self.tracefs = tracefs
+        self.procfs = procfs
+        started = time.monotonic()
+        try:
+            self.bpf = compile_program("policy.c", {**macros, "RB_PAGES": rb_pages,
+                                                    "NHOOKS": max(1, len(policy.hooks))})
+        except Exception as e:
+            raise ProgramError(f"BPF compile failed: {e}") from e
+        self.compile_s = time.monotonic() - started
+        self._cb = None
+        self._budget = CONSUME_BUDGET
+
+    # -- configuration ------------------------------------------------------
+    def load(self) -> None:
+        """Fill the maps, then attach (the programs see a complete configuration)."""
+        from bcc import BPF
+        settings = self.bpf["settings"]
+        settings[ctypes.c_int(0)] = ctypes.c_uint32(0)
+        settings[ctypes.c_int(1)] = ctypes.c_uint32(os.getpid())
+        needs_kprobe_runner = False
+        for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
+            self._configure_hook(slot, hook, plan)
+            needs_kprobe_runner |= plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
+        kinds = [("tp", BPF.TRACEPOINT)] + ([("kp", BPF.KPROBE)] if needs_kprobe_runner else [])
+        for prefix, ptype in kinds:
+            runners = self.bpf[f"{prefix}_runners"]
+            for i, stage in enumerate(RUNNER_STAGES):
+                fn = self.bpf.load_func(f"{prefix}_{stage}", ptype)
+                runners[ctypes.c_int(i)] = ctypes.c_int(fn.fd)
+        for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
+            self._attach(slot, hook, plan)
+        settings[ctypes.c_int(0)] = ctypes.c_uint32(1)
+
+    def set_enabled(self, enabled: bool) -> None:
+        self.bpf["settings"][ctypes.c_int(0)] = ctypes.c_uint32(1 if enabled else 0)
+
+    def _configure_hook(self, slot: int, hook: Hook, plan: Plan) -> None:
+        conf = self.bpf["hooks"].Leaf()
+        kprobe_ctx = plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
+        has_exit = any(phase == EXIT for _, _, phase in plan.attach)
+        has_enter = any(phase == ENTER for _, _, phase in plan.attach)
+        conf.flags = (HOOKF_KPROBE if kprobe_ctx else 0) | (HOOKF_SYSCALL_WRAPPER if plan.syscall_wrapper else 0)
+        if has_exit and has_enter:
+            conf.flags |= HOOKF_AT_EXIT
+        conf.mode = plan.mode
+        fd_args = [j for j, a in enumerate(hook.args) if a.type == "fd"]
+        if fd_args and plan.mode == hooks_mod.EMU_NONE and has_enter:
+            conf.flags |= HOOKF_FD_GATE
+            first = hook.args[fd_args[0]]
+            conf.fd_src = fd_args[0] if hook.kind == HOOK_TRACEPOINT else first.index
+        conf.nargs = len(hook.args)
+        conf.nselectors = len(hook.selectors)
+        positions = self._positions(hook)
+        for j, arg in enumerate(hook.args):
+            a = conf.args[j]
+            a.type = self._arg_class(hook, plan, arg, j)
+            a.src = j if hook.kind == HOOK_TRACEPOINT else arg.index
+            a.size_src = arg.size_arg_index
+            a.flags = ARGF_RETURN_COPY if arg.return_copy else 0
+        if hook.return_arg is not None:
+            conf.args[POS_RET].type = ARG_CLASS.get(hook.return_arg.type, 2)
+        self._configure_sources(conf, hook, plan)
+        self.bpf["hooks"][ctypes.c_int(slot)] = conf
+        for k, sel in enumerate(hook.selectors):
+            self._configure_selector(slot, k, hook, sel, positions)
+
+    def _arg_class(self, hook: Hook, plan: Plan, arg, position: int) -> int:
+        if arg.type != "auto" or hook.kind != HOOK_TRACEPOINT:
+            return ARG_CLASS[arg.type]
+        # auto on a tracepoint: from the field's declaration
+        field = tracepoint_fields(self.tracefs, plan.attach[0][1])[arg.index]
+        if "char *" in field.type or "char*" in field.type:
+            return ARG_CLASS["string"]
+        size = {1: "8", 2: "16", 4: "32", 8: "64"}.get(field.size, "64")
+        return ARG_CLASS[("sint" if field.signed else "uint") + size] if size != "64" else (
+            ARG_CLASS["int64"] if field.signed else ARG_CLASS["uint64"])
+
+    def _configure_sources(self, conf, hook: Hook, plan: Plan) -> None:
+        """Where raw arguments and the return value come from in a tracepoint's ctx."""
+        def put(i: int, f: Field) -> None:
+            conf.tp_off[i], conf.tp_size[i], conf.tp_signed[i] = f.offset, min(f.size, 8), int(f.signed)
+
+        points = {phase: target for kind, target, phase in plan.attach if kind == "tracepoint"}
+        if plan.backend == hooks_mod.BACKEND_TRACEPOINT:
+            fields = tracepoint_fields(self.tracefs, points[ENTER])
+            for j, arg in enumerate(hook.args):
+                if arg.index >= len(fields):
+                    raise ProgramError(f"{hook.path}.args[{j}].index: tracepoint {hook.name} has "
+                                       f"{len(fields)} fields, no index {arg.index}")
+                put(j, fields[arg.index])
+        elif plan.backend == hooks_mod.BACKEND_SYSCALL_TP:
+            fields = _syscall_arg_fields(self.tracefs, points[ENTER])
+            for i, f in enumerate(fields[:6]):
+                put(i, f)
+        elif plan.mode == hooks_mod.EMU_TCP_CONNECT:
+            put(0, _syscall_arg_fields(self.tracefs, points[ENTER])[0])
+        elif plan.mode == hooks_mod.EMU_TCP_CLOSE:
+            fields = tracepoint_fields(self.tracefs, points[ENTER])
+            for i, name in enumerate(("skaddr", "oldstate", "newstate", "protocol")):
+                put(i, _field(fields, name))
+        elif plan.mode == hooks_mod.EMU_TCP_SENDMSG:
+            fields = tracepoint_fields(self.tracefs, points[ENTER])
+            for i, name in enumerate(("sk", "protocol", "ret")):
+                put(i, _field(fields, name))
+        if EXIT in points:
+            ret = _field(tracepoint_fields(self.tracefs, points[EXIT]), "ret")
+            conf.ret_off, conf.ret_size, conf.ret_signed = ret.offset, min(ret.size, 8), int(ret.signed)
+
+    @staticmethod
+    def _positions(hook: Hook) -> dict[int, int]:
+        """A selector's argument index -> the position the BPF side knows it by."""
+        if hook.kind == HOOK_TRACEPOINT:
+            return {j: j for j in range(len(hook.args))}
+        return {a.index: j for j, a in enumerate(hook.args)}
+
+    def _arg_type_at(self, hook: Hook, pos: int) -> str:
+        if pos == POS_RET:
+            return hook.return_arg.type if hook.return_arg else "auto"
+        return hook.args[pos].type
+
+    def _configure_selector(self, slot: int, k: int, hook: Hook, sel: dict, positions) -> None:
+        idx = slot * MAX_SELECTORS + k
+        conf = self.bpf["selectors"].Leaf()
+        matches = [(positions[m.get("index", 0)], m) for m in sel.get("matchArgs") or ()]
+        matches += [(POS_RET, m) for m in sel.get("matchReturnArgs") or ()]
+        conf.nmatch = len(matches)
+        for m, (pos, match) in enumerate(matches):
+            self._configure_match(conf.match[m], idx * 8 + m, pos, match, self._arg_type_at(hook, pos))
+        pids = sel.get("matchPIDs") or []
+        conf.npids = len(pids)
+        for i, p in enumerate(pids):
+            c = conf.pids[i]
+            c.op, c.follow_forks, c.ns_pid, c.present = OPS[p["operator"]], int(p.get("followForks", False)), \
+                int(p.get("isNamespacePID", False)), 1
+            for pid in p.get("values") or ():
+                key = self.bpf["pid_set"].Key(idx * 2 + i, int(pid))
+                self.bpf["pid_set"][key] = ctypes.c_uint8(1)
+        for key, attr, m in (("matchBinaries", "bin_op", 6), ("matchParentBinaries", "pbin_op", 7)):
+            entries = sel.get(key) or []
+            if entries:
+                b = entries[0]
+                setattr(conf, attr, OPS[b["operator"]])
+                self._string_values(idx * 8 + m, b["operator"], b.get("values") or ())
+        namespaces = sel.get("matchNamespaces") or []
+        conf.nns = len(namespaces)
+        for i, ns in enumerate(namespaces):
+            c = conf.ns[i]
+            c.ns = NAMESPACE_INDEX[ns["namespace"]]
+            c.op = OPS[ns["operator"]]
+            values = ns.get("values") or []
+            c.nvalues = len(values)
+            for v, val in enumerate(values):
+                c.values[v] = self._host_ns(ns["namespace"]) if val == "host_ns" else int(val)
+        caps = sel.get("matchCapabilities") or []
+        conf.ncaps = len(caps)
+        for i, cap in enumerate(caps):
+            c = conf.caps[i]
+            c.set = CAP_SETS[cap.get("type", "Effective")]
+            c.op = OPS[cap["operator"]]
+            c.mask = cap_mask(cap.get("values") or ())
+        actions = sel.get("matchActions") or []
+        conf.nactions = len(actions)
+        for i, act in enumerate(actions):
+            c = conf.actions[i]
+            c.action = ACTIONS[act["action"]]
+            c.arg_fd = positions.get(act.get("argFd", 0), 0)
+            c.arg_name = positions.get(act.get("argName", 0), 0)
+            c.scope = {"thread": 0, "process": 1, "global": 2}[act.get("rateLimitScope", "thread")]
+            c.sig = 9 if act["action"] == "Sigkill" else int(act.get("argSig", 0))
+            c.rate_ns = parse_rate_limit(act["rateLimit"]) if act.get("rateLimit") else 0
+        self.bpf["selectors"][ctypes.c_int(idx)] = conf
+
+    def _host_ns(self, name: str) -> int:
+        """host_ns: PID 1's namespace; the daemon's own where PID 1's cannot be
+        read (a sandbox that hides PID 1: the daemon then runs in the host's)."""
+        ns = NAMESPACE_PROC[NAMESPACE_INDEX[name]]
+        try:
+            return os.stat(f"{self.procfs}/1/ns/{ns}").st_ino
+        except OSError:
+            log.warning("cannot read %s/1/ns/%s; host_ns is the daemon's own %s namespace",
+                        self.procfs, ns, ns)
+            return os.stat(f"/proc/self/ns/{ns}").st_ino
+
+    def _configure_match(self, c, slot: int, pos: int, match: dict, arg_type: str) -> None:
+        op = match["operator"]
+        c.pos, c.op = pos, OPS[op]
+        values = [str(v) for v in match.get("values") or ()]
+        cls = ARG_CLASS.get(arg_type, 2)
+        c.is_signed = int(arg_type in SIGNED_TYPES)
+        if cls in SOCK_CLASSES:
+            if op in ("SAddr", "NotSAddr", "DAddr", "NotDAddr"):
+                for v in values:
+                    self._addr_value(slot, v)
+                return
+            table = FAMILIES if op == "Family" else PROTOCOLS if op == "Protocol" else {}
+            ints = [table.get(v) if v in table else int(v, 0) for v in values]
+        elif cls in STRING_CLASSES:
+            self._string_values(slot, op, values)
+            return
+        elif op in ("InRange", "NotInRange"):
+            c.nvalues = len(values)
+            for i, v in enumerate(values):
+                lo, hi = (int(x, 0) for x in v.split(":"))
+                c.lo[i], c.hi[i] = lo & (2**64 - 1), hi & (2**64 - 1)
+            return
+        else:
+            ints = [int(v, 0) for v in values]
+        c.nvalues = len(ints)
+        for i, v in enumerate(ints):
+            c.lo[i] = v & (2**64 - 1)
+
+    def _string_values(self, slot: int, op: str, values) -> None:
+        for v in values:
+            raw = v.encode()
+            if op in ("Equal", "NotEqual", "In", "NotIn"):
+                t = self.bpf["str_eq"]
+                key = t.Key()
+                key.slot = slot
+                key.s = raw
+                t[key] = ctypes.c_uint8(1)
+            elif op in ("Prefix", "NotPrefix"):
+                t = self.bpf["str_prefix"]
+                key = t.Key()
+                key.slot, key.prefixlen, key.s = slot, 32 + 8 * len(raw), raw
+                t[key] = ctypes.c_uint8(1)
+            else:
+                t = self.bpf["str_postfix"]
+                key = t.Key()
+                key.slot, key.prefixlen, key.s = slot, 32 + 8 * len(raw), raw[::-1]
+                t[key] = ctypes.c_uint8(1)
+
+    def _addr_value(self, slot: int, value: str) -> None:
+        net = ipaddress.ip_network(value, strict=False)
+        t = self.bpf["addr_trie"]
+        key = t.Key()
+        key.slot = slot
+        key.family = 6 if net.version == 6 else 4
+        key.prefixlen = 32 + 8 + net.prefixlen
+        for i, b in enumerate(net.network_address.packed):
+            key.addr[i] = b
+        t[key] = ctypes.c_uint8(1)
+
+    # -- attaching ----------------------------------------------------------
+    def _attach(self, slot: int, hook: Hook, plan: Plan) -> None:
+        kprobe_ctx = plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
+        for kind, target, phase in plan.attach:
+            fn = f"{'khook' if kprobe_ctx else 'hook'}{slot}_{'enter' if phase == ENTER else 'exit'}"
+            try:
+                if kind == "tracepoint":
+                    self.bpf.attach_tracepoint(tp=target, fn_name=fn)
+                elif kind == "kprobe":
+                    self.bpf.attach_kprobe(event=target, fn_name=fn)
+                elif kind == "kretprobe":
+                    self.bpf.attach_kretprobe(event=target, fn_name=fn)
+                elif kind == "uprobe":
+                    self.bpf.attach_uprobe(name=hook.binary, sym=hook.symbol, fn_name=fn)
+                elif kind == "uretprobe":
+                    self.bpf.attach_uretprobe(name=hook.binary, sym=hook.symbol, fn_name=fn)
+            except Exception as e:
+                raise ProgramError(f"{hook.kind} {hook.name!r}: cannot attach {kind} {target}: {e}") from e
+
+    # -- events -------------------------------------------------------------
+    def open(self, on_record) -> None:
+        def _cb(_ctx, data, size):
+            on_record(self, ctypes.string_at(data, size))
+            self._budget -= 1
+            # libbpf keeps consuming while records arrive; a negative return
+            # ends this round (the record is consumed), so that a busy ring
+            # cannot starve the daemon's loop and the other rings
+            return 0 if self._budget > 0 else -1
+        self._cb = _cb
+        self.bpf["events"].open_ring_buffer(_cb)
+
+    def fileno(self) -> int:
+        return self.bpf["events"].map_fd
+
+    def consume(self, budget: int = CONSUME_BUDGET) -> None:
+        """Handle up to `budget` queued records (the epoll stays ready for the rest)."""
+        self._budget = budget
+        self.bpf.ring_buffer_consume()
+
+    def lost(self) -> int:
+        return sum(self.bpf["lost_records"][ctypes.c_int(0)])
+
+    def close(self) -> None:
+        self.bpf.cleanup()
