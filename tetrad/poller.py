@@ -33,7 +33,10 @@ class Poller:
         registration order, so process records come before policy records)."""
         ready = {fd for fd, _ in self._epoll.poll(timeout_ms / 1000)}
         for fd, cb in list(self._callbacks.items()):
-            if fd in ready:
+            # after a quiet wait, drain every source: producers batch their
+            # wakeups (bpf/process.c wakes us once per 64 records), so records
+            # may be queued without the fd being ready
+            if fd in ready or not ready:
                 cb()
         return len(ready)
 
