@@ -117,8 +117,10 @@ def test_bad_requests(daemon):
         s.sendall(b"not json\n")
         assert json.loads(s.makefile().readline()) == {
             "ok": False, "error": 'bad request: expected {"op": ..., "args": {...}}'}
-    with pytest.raises(client.ApiError, match="unknown command 'tracingpolicy.list'.*serves: getevents, status"):
-        client.call(f"unix://{daemon.sock}", "tracingpolicy.list")
+    with pytest.raises(client.ApiError, match="unknown command 'no.such'.*serves: getevents, status"):
+        client.call(f"unix://{daemon.sock}", "no.such")
+    with pytest.raises(client.ApiError, match="no tracing policy named 'nope'"):
+        client.call(f"unix://{daemon.sock}", "tracingpolicy.delete", {"name": "nope"})
     with pytest.raises(client.ApiError, match='allow_list\\[0\\]: unknown key "binary"'):
         list(client.stream_events(f"unix://{daemon.sock}", {"allow_list": [{"binary": ["x"]}]}))
 

@@ -34,7 +34,10 @@ def _policy_call(method, arg_name: str | None):
         else:
             call = method
         try:
-            return to_jsonable(call())
+            result = call()
+            if result is False:   # delete/enable/disable found no such policy
+                raise KeyError(f"no tracing policy named {value!r}")
+            return to_jsonable(result)
         except (ValueError, KeyError, OSError):
             raise
         except Exception as e:              # the engine's own error types

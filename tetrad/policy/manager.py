@@ -11,6 +11,7 @@ replaced policy's new programs are attached before the old ones are closed.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -26,6 +27,8 @@ from .model import Policy
 from .program import PolicyProgram, ProgramError
 
 log = logging.getLogger("tetrad.policy")
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 SETTLE_S = 0.15   # wait for a burst of inotify events (an editor's save) to end
 
@@ -55,7 +58,7 @@ class PolicyManager:
     def __init__(self, directory: str, features, macros: dict, rb_pages: int, emit,
                  builder, cache, poller, extra_file: str = "", procfs: str = "/proc",
                  sync_processes=lambda: None):
-        """`emit(kind, event)` receives each policy event; `sync_processes()`
+        """`emit(kind, (event, json_line))` receives each policy event; `sync_processes()`
         drains the process sensor (see PolicyEvents)."""
         self.directory = directory
         self.features = features
@@ -281,4 +284,4 @@ class PolicyManager:
             log.debug("undecodable policy record: %s", err)
             return
         self.counts["events"] += 1
-        self.emit(kind, event)
+        self.emit(kind, (event, _encode(event)))
