@@ -42,15 +42,6 @@ enum record_type {
 #define FLAG_CLONE           (1u << 10)
 #define FLAG_ERROR_PATH      (1u << 16)   /* cwd deeper than PATH_MAX_DEPTH */
 
-#define PF_KTHREAD 0x00200000   /* task_struct.flags: a kernel thread */
-
-static __always_inline int is_kernel_thread(void *task)
-{
-    u32 flags = 0;
-    READ_MEMBER(flags, task, task_struct, flags);
-    return flags & PF_KTHREAD;
-}
-
 struct record_header {
     u8  type;
     u8  pad[3];

@@ -20,6 +20,15 @@
 #define RECORD_MASK    16383                  /* a whole record is 16 KiB */
 #define DATA_SIZE      (RECORD_MASK + 1 - 168) /* 168: the fixed part */
 
+#define PF_KTHREAD 0x00200000   /* task_struct.flags: a kernel thread */
+
+static __always_inline int is_kernel_thread(void *task)
+{
+    u32 flags = 0;
+    READ_MEMBER(flags, task, task_struct, flags);
+    return flags & PF_KTHREAD;
+}
+
 struct creds {
     u32 uid, gid, euid, egid, suid, sgid, fsuid, fsgid;
     u32 securebits, pad;

@@ -4,11 +4,24 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-[ "$(id -u)" = 0 ] || { echo "bootstrap: run as root (tetrad loads BPF programs)" >&2; exit 1; }
-
 # Debian packages: BCC is only packaged by Debian (python3-bpfcc), not on PyPI.
 PKGS="python3-bpfcc bpftool python3-venv python3-pip python3-yaml python3-psutil \
-python3-pyroute2 python3-sdnotify python3-pythonjsonlogger util-linux"
+python3-pyroute2 python3-sdnotify python3-pythonjsonlogger python3-prometheus-client util-linux"
+# containerd's gRPC API (stubs in tetrad/containers/pb match these versions)
+PKGS="$PKGS python3-grpcio python3-protobuf"
+# Kubernetes mode (--enable-k8s-api): the official client
+PKGS="$PKGS python3-kubernetes"
+# The kernel lane's guest image installs the same runtime list (scripts/kernel-lane/build-image.sh).
+if [ "${1:-}" = --debian-packages ]; then echo "$PKGS"; exit 0; fi
+# The tests' own containers: a real containerd with runc, and busybox-static for their image.
+PKGS="$PKGS containerd runc busybox-static"
+# The system test boots a Debian tree under a real systemd (tests/test_system_nspawn.py).
+PKGS="$PKGS systemd-container debootstrap"
+# `make test-kernel`: also what builds and boots the kernel lane's guest.
+if [ "${1:-}" = --kernel-lane ]; then PKGS="$PKGS qemu-system-x86 debootstrap e2fsprogs"; fi
+
+[ "$(id -u)" = 0 ] || { echo "bootstrap: run as root (tetrad loads BPF programs)" >&2; exit 1; }
+
 # Kernel headers only when the running kernel has none of its own: BCC needs
 # some headers to compile; tetrad takes struct layouts from BTF, not from them.
 if [ ! -e "/lib/modules/$(uname -r)/build" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
@@ -20,8 +33,10 @@ for p in $PKGS; do
 done
 if [ -n "$missing" ]; then
     echo "bootstrap: installing$missing"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    # Other checkouts on the machine may be installing too: wait for dpkg's lock.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        $missing >/dev/null
 fi
 
 # tracefs: tracepoints are attached through it

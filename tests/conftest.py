@@ -16,6 +16,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# The kernel lane's guest runs under software emulation: its timeouts are scaled up
+# (scripts/kernel-lane/guest-run.sh sets this), and tests that accept an already running
+# daemon share one there, because every daemon start compiles BPF (~20 s in the guest).
+TIMEOUT_SCALE = float(os.environ.get("KERNEL_LANE_TIMEOUT_SCALE", "1"))
+SHARED_DAEMON = os.environ.get("KERNEL_LANE_SHARED_DAEMON") == "1"
 
 
 def tetrad_cmd() -> list[str]:
@@ -69,6 +74,7 @@ class Daemon:
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
+        timeout *= TIMEOUT_SCALE
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -108,7 +114,7 @@ class Daemon:
 
     def wait_for(self, predicate, timeout: float = 30.0, what: str = "events") -> list[dict]:
         """Poll the export until predicate(events) returns a truthy value."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * TIMEOUT_SCALE
         while True:
             found = predicate(self.events())
             if found:
@@ -145,9 +151,18 @@ def start_daemon(tmp_path):
         d.stop()
 
 
-@pytest.fixture
-def daemon(start_daemon):
-    return start_daemon()
+def _daemon_scope(fixture_name, config) -> str:
+    return "session" if SHARED_DAEMON else "function"
+
+
+@pytest.fixture(scope=_daemon_scope)
+def daemon(tmp_path_factory):
+    d = Daemon(tmp_path_factory.mktemp("daemon"))
+    try:
+        d.wait_ready()
+        yield d
+    finally:
+        d.stop()
 
 
 def of_type(events, kind):

@@ -20,6 +20,7 @@ from tetrad.exporter import (
     StreamExporter,
     build_exporters,
 )
+from tetrad.journal import JournalExporter
 
 MIB = 1024 * 1024
 
@@ -523,11 +524,13 @@ def test_build_exporters_from_config(tmp_path, umask):
             **{"export-filename": str(path), "export-file-perm": "640", "export-stdout": "true"},
         )
     )
-    assert [type(e) for e in multi.exporters] == [RotatingFileExporter, StreamExporter]
+    # the journal is on by default
+    assert [type(e) for e in multi.exporters] == [RotatingFileExporter, StreamExporter,
+                                                  JournalExporter]
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     multi.close()
 
-    assert build_exporters(load_config(tmp_path)).exporters == []
+    assert build_exporters(load_config(tmp_path, **{"enable-journal": "false"})).exporters == []
 
 
 def test_build_exporters_time_rotation(tmp_path):

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 
-from conftest import Daemon, bpf_prog_ids, bpf_prog_ids_of, execs_with, of_type, tetrad_cmd
+from conftest import TIMEOUT_SCALE, Daemon, bpf_prog_ids, bpf_prog_ids_of, execs_with, of_type, tetrad_cmd
 
 
 def test_stop_detaches_everything_quickly(tmp_path):
@@ -18,7 +18,7 @@ def test_stop_detaches_everything_quickly(tmp_path):
     t0 = time.monotonic()
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(5) == 0
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 2.0 * TIMEOUT_SCALE
     d.log.close()
     deadline = time.monotonic() + 2   # the kernel frees detached programs asynchronously
     while ours & bpf_prog_ids() and time.monotonic() < deadline:
@@ -67,7 +67,7 @@ def test_rotation_under_load_keeps_every_event_once(start_daemon):
 
 def test_bad_config_value_is_a_clear_error(tmp_path):
     d = Daemon(tmp_path, ["--export-file-max-size-mb=ten"])
-    assert d.proc.wait(10) == 2
+    assert d.proc.wait(10 * TIMEOUT_SCALE) == 2
     d.log.close()
     assert "export-file-max-size-mb" in d.log_text() and "ten" in d.log_text()
 
@@ -81,7 +81,7 @@ def test_records_lost_in_the_kernel_are_counted_and_reported(start_daemon):
         subprocess.run(["/bin/sh", "-c", "for i in $(seq 300); do /bin/true; done"], check=True)
     finally:
         d.proc.send_signal(signal.SIGCONT)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 10 * TIMEOUT_SCALE
     while "kernel dropped" not in d.log_text() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "kernel dropped" in d.log_text()

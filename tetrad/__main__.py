@@ -2,6 +2,9 @@
 
     tetrad run        the daemon (tetrad/daemon.py)
     tetrad probe      what the kernel offers and what tetrad chose (tetrad/probe.py)
+    tetrad getevents  print events like tetra getevents (tetrad/cli/getevents.py)
+    tetrad status     the running daemon's state over its socket (tetrad/cli/status.py)
+    tetrad tracingpolicy list|add|delete|enable|disable (tetrad/cli/tracingpolicy.py)
     tetrad version
 """
 
@@ -27,6 +30,21 @@ def _cmd_probe(args) -> int:
     return probe.main(args)
 
 
+def _cmd_getevents(args) -> int:
+    from .cli import getevents
+    return getevents.main(args)
+
+
+def _cmd_status(args) -> int:
+    from .cli import status
+    return status.main(args)
+
+
+def _cmd_tracingpolicy(args) -> int:
+    from .cli import tracingpolicy
+    return tracingpolicy.main(args)
+
+
 def _cmd_version(args) -> int:
     print(f"tetrad {__version__}")
     return 0
@@ -46,7 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--btf", default="/sys/kernel/btf/vmlinux")
     probe.add_argument("--server-address", default=None,
                        help="the daemon whose counters to show (default: as configured)")
+    probe.add_argument("--hook-backend", default=None,
+                       choices=("auto", "kprobe", "fentry", "tracepoint"),
+                       help="show the choices as if forced (default: as configured)")
     probe.set_defaults(func=_cmd_probe)
+
+    from .cli import getevents, tracingpolicy
+    ge = sub.add_parser("getevents", help="print events (from the daemon, stdin or a file)")
+    getevents.add_arguments(ge)
+    ge.set_defaults(func=_cmd_getevents)
+
+    st = sub.add_parser("status", help="show the running daemon's state")
+    st.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    st.add_argument("--server-address", default=None, help="the daemon's socket")
+    st.set_defaults(func=_cmd_status)
+
+    tp = sub.add_parser("tracingpolicy", help="manage the running daemon's tracing policies")
+    tracingpolicy.add_arguments(tp)
+    tp.set_defaults(func=_cmd_tracingpolicy)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)

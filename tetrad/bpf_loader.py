@@ -38,12 +38,22 @@ def bpf_dir() -> Path:
     raise BpfLoadError("BPF sources not found; looked in " + ", ".join(map(str, candidates)))
 
 
-def compile_program(source: str, macros: dict[str, int | str], *, text: str | None = None):
+def compile_program(source: str, macros: dict[str, int | str], *, text: str | None = None,
+                    autoattach: bool = True):
     """Compile and load bpf/<source> (or `text`, with bpf/ on the include path).
 
-    BCC attaches RAW_TRACEPOINT_PROBE/TRACEPOINT_PROBE functions as it loads.
+    BCC attaches RAW_TRACEPOINT_PROBE/TRACEPOINT_PROBE/KFUNC_PROBE/LSM_PROBE functions as it
+    loads; with autoattach=False nothing is attached, so that the caller can attach only the
+    backends tetrad/backends.py chose (a kernel refusing one must not fail the others).
     """
     from bcc import BPF  # imported late: `tetrad version` must work without BCC
+
+    loader = BPF
+    if not autoattach:
+        class ManualAttachBPF(BPF):
+            def _trace_autoload(self):
+                pass
+        loader = ManualAttachBPF
 
     kheaders.ensure()
     directory = bpf_dir()
@@ -52,9 +62,9 @@ def compile_program(source: str, macros: dict[str, int | str], *, text: str | No
     started = time.monotonic()
     try:
         if text is None:
-            bpf = BPF(src_file=str(directory / source).encode(), cflags=flags)
+            bpf = loader(src_file=str(directory / source).encode(), cflags=flags)
         else:
-            bpf = BPF(text=text.encode(), cflags=flags)
+            bpf = loader(text=text.encode(), cflags=flags)
     except Exception as e:  # BCC raises bare Exception on compile/load failure
         raise BpfLoadError(f"{source}: {e}") from e
     log.debug("compiled %s in %.2fs", source, time.monotonic() - started)

@@ -41,8 +41,9 @@ import yaml
 DEFAULT_CONFIG_DIR = "/etc/tetrad"
 
 # TETRAD_* variables that are not options but are read elsewhere in tetrad:
-# TETRAD_BPF_DIR (where the BPF sources live) and TETRAD_CONFIG_DIR (above).
-NON_OPTION_ENV = frozenset({"TETRAD_BPF_DIR", "TETRAD_CONFIG_DIR"})
+# TETRAD_BPF_DIR (where the BPF sources live), TETRAD_CONFIG_DIR (above) and
+# TETRAD_JOURNAL_SOCKET (journald's socket, for tests).
+NON_OPTION_ENV = frozenset({"TETRAD_BPF_DIR", "TETRAD_CONFIG_DIR", "TETRAD_JOURNAL_SOCKET"})
 
 _ENV_PREFIX = "TETRAD_"
 
@@ -253,6 +254,10 @@ OPTIONS: list[Option] = [
            "directory of tracing policies loaded at start-up"),
     Option("tracing-policy", "str", "",
            "one extra tracing policy file loaded at start-up"),
+    Option("hook-backend", "str", "auto",
+           "mechanism for kprobes: hooks: auto (kprobe, else fentry, else a tracepoint "
+           "equivalent; see tetrad probe), or force kprobe, fentry or tracepoint",
+           choices=("auto", "kprobe", "fentry", "tracepoint")),
     Option("rb-size", "size", 0,
            "ring buffer size per CPU, e.g. 64K or 8M (0: automatic, 2 MiB per CPU); "
            "tetrad has one BPF ring buffer of this times the CPU count, rounded up to a power of two"),
@@ -268,6 +273,9 @@ OPTIONS: list[Option] = [
            "log output format", choices=("text", "json")),
     Option("server-address", "str", "unix:///run/tetrad/tetrad.sock",
            "listen address of the API server"),
+    Option("api-client-queue", "int", 8192,
+           "events queued for each getevents client before it loses events "
+           "(a client that falls behind never slows the daemon)", minimum=1),
     Option("export-allowlist", "str", "",
            "JSON filters; only matching events are exported"),
     Option("export-denylist", "str", "",
@@ -278,6 +286,9 @@ OPTIONS: list[Option] = [
            "JSON filters of values to redact from exported events"),
     Option("export-rate-limit", "int", -1,
            "maximum events exported per minute (-1: unlimited)", minimum=-1),
+    Option("export-rate-limit-interval", "duration", "1m",
+           "the window of --export-rate-limit and how often rate_limit_info events "
+           "report what it dropped (tetrad only; Tetragon's is fixed at 1m)"),
     Option("metrics-server", "str", "",
            "address to serve Prometheus metrics on, e.g. :2112 (empty: off)"),
     Option("enable-k8s-api", "bool", False,

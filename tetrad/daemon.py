@@ -15,25 +15,32 @@ import os
 import signal
 import time
 
+from . import __version__
 from . import config as config_mod
 from . import features as features_mod
-from . import offsets, selftest
+from . import metrics, offsets, selftest, systemd
+from .api import commands as api_commands
+from .api.server import ApiServer, ServerError
 from .btf import Btf, BtfError
+from .containers.resolver import ContainerResolver
 from .events import EventBuilder
 from .exporter import build_exporters
+from .filters.export import ExportControls
 from .observer import Observer
 from .process import procfs
 from .process.cache import ProcessCache
 from .process.model import NAMESPACE_NAMES
 from .sensors.process import ProcessSensor, ring_pages
-from .sensors.records import RECORD_SELFTEST
-from .timefmt import KtimeClock
+from .sensors.records import RECORD_NAMES, RECORD_SELFTEST
+from .timefmt import KtimeClock, rfc3339
 
 log = logging.getLogger("tetrad.daemon")
 
 POLL_MS = 100
 FLUSH_EVERY_S = 0.2
 HOUSEKEEPING_EVERY_S = 1.0
+RATE_WINDOW_S = 10.0      # events per second in `tetrad status` are averaged over this
+STARTUP_METADATA_WAIT_S = 3.0   # to name the pods of running processes (containerd, API server)
 
 
 class StartupError(Exception):
@@ -66,15 +73,33 @@ class Daemon:
         self.features = None
         self.sensor: ProcessSensor | None = None
         self.exporters = None
+        self.containers: ContainerResolver | None = None
+        self.k8s = None
         self._pending: list = []
         self._ready = False
         self._selftest_records: list = []
         self.lost_reported: dict[str, int] = {}
+        self.export_controls: ExportControls | None = None
+        self.event_stats = metrics.EventStats()
+        self.api: ApiServer | None = None
+        self.metrics_server = None
+        self.policies_snapshot: list | None = None
+        self._rate_samples: list = []
+        self.notifier = systemd.ServiceNotifier()
+        self.reload_requested = False
+        # Run on SIGHUP (`systemctl reload tetrad`): each re-reads what it owns
+        # (the policy engine adds its own).  Called from the event loop.
+        self.reload_hooks: list = []
 
     # -- start-up -------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
         t0 = time.monotonic()
+        try:
+            self.export_controls = ExportControls(cfg)
+        except config_mod.ConfigError as e:
+            raise StartupError(str(e)) from None
+        log.info("export controls: %s", self.export_controls.summary())
         self.features = features_mod.detect(btf_path=cfg.btf)
         for line in self.features.summary_lines():
             log.info("kernel: %s", line)
@@ -92,7 +117,8 @@ class Daemon:
         log.info("process sensor: raw tracepoints sched_process_exec, sched_process_fork, "
                  "sched_process_exit; ring buffer %d KiB", pages * 4)
         self.sensor.open(self._on_record)
-        observed = selftest.run(self.sensor, self._poll_selftest, self.cgroup_root)
+        observed = selftest.run(self.sensor, self._poll_selftest, self.cgroup_root,
+                                 procfs=cfg.procfs)
         log.info("self-test passed: ppid, loginuid, cwd, cgroup id, credentials, namespaces "
                  "and argv read through BTF offsets match /proc (cwd %s)", observed["cwd"])
 
@@ -102,7 +128,12 @@ class Daemon:
         self.builder = EventBuilder(self.node_name, self.clock, host_namespaces(cfg.procfs),
                                     with_creds=cfg.enable_process_cred, with_ns=cfg.enable_process_ns)
         self.exporters = build_exporters(cfg)
-        self.observer = Observer(self.builder, self.cache, self._sink)
+        self.k8s = self._start_k8s() if cfg.enable_k8s_api else None
+        self.containers = ContainerResolver(cfg.procfs, self.cgroup_root, cfg.containerd_address,
+                                            k8s=self.k8s)
+        self.containers.start()
+        self.containers.wait_synced(STARTUP_METADATA_WAIT_S)
+        self.observer = Observer(self.builder, self.cache, self._sink, self.containers)
         known = procfs.scan(cfg.procfs, self.cgroup_root)
         for info in known:
             self.observer.add_procfs(info)
@@ -112,12 +143,45 @@ class Daemon:
         pending, self._pending = self._pending, []
         for rec in pending:
             self.observer.handle(rec)
+        self._start_api()
         self.startup_s = time.monotonic() - t0
         log.info("ready in %.2fs", self.startup_s)
+        self.notifier.ready(systemd.status_line(self.status(), 0.0))
+
+    def _start_api(self) -> None:
+        """The unix socket (getevents, status, tracingpolicy) and metrics."""
+        self.api = ApiServer(self.cfg.server_address, self.cfg.api_client_queue)
+        api_commands.register(self.api, self)
+        try:
+            self.api.start()
+        except (ServerError, ValueError, OSError) as e:
+            raise StartupError(f"API socket: {e}") from None
+        log.info("API on unix://%s (%s)", self.api.path, ", ".join(sorted(["getevents", *self.api.commands])))
+        if self.cfg.metrics_server:
+            try:
+                self.metrics_server = metrics.serve(self, self.cfg.metrics_server)
+            except (ValueError, OSError) as e:
+                raise StartupError(f"--metrics-server {self.cfg.metrics_server}: {e}") from None
+    def _start_k8s(self):
+        """Kubernetes mode: pod metadata and TracingPolicy resources from the
+        API server (the policy loader reads them through K8sWatcher.on_policy)."""
+        from .containers.k8s import K8sWatcher
+        k8s = K8sWatcher(self.node_name, self.cfg.kubeconfig)
+        try:
+            k8s.start()
+        except Exception as e:
+            where = self.cfg.kubeconfig or "the in-cluster service account"
+            raise StartupError(f"--enable-k8s-api: cannot configure the Kubernetes client "
+                               f"from {where}: {e}") from e
+        k8s.synced.wait(STARTUP_METADATA_WAIT_S)
+        return k8s
 
     def _on_record(self, rec) -> None:
         if self._ready:
+            t0 = time.perf_counter_ns()
             self.observer.handle(rec)
+            self.event_stats.latency[RECORD_NAMES.get(rec.type, str(rec.type))].observe(
+                (time.perf_counter_ns() - t0) / 1000)
         elif rec.type == RECORD_SELFTEST:
             self._selftest_records.append(rec)
         else:
@@ -128,7 +192,31 @@ class Daemon:
         return self._selftest_records
 
     def _sink(self, kind: str, event: dict, line: str) -> None:
+        controls = self.export_controls
+        line = controls.redact(event, line)
+        self.event_stats.count(kind, event)
+        if self.api is not None:
+            self.api.publish(kind, event, line)
+        exported = controls.select(event, line)
+        if exported is not None:
+            self.event_stats.exported(exported)
+            # the dict goes too (the journal takes fields from it); field filters
+            # change the line only, so the dict then comes from the line
+            self.exporters.write_event(event if exported is line else json.loads(exported), exported)
+
+    def _report_rate_limit(self) -> None:
+        """Announce what the export rate limit dropped (Tetragon's rate_limit_info)."""
+        dropped = self.export_controls.rate_limit_report()
+        if not dropped:
+            return
+        event = {"rate_limit_info": {"number_of_dropped_process_events": str(dropped)},
+                 "node_name": self.node_name, "time": rfc3339(time.time_ns())}
+        line = json.dumps(event, separators=(",", ":"))
+        self.event_stats.count("rate_limit_info", event)
+        if self.api is not None:
+            self.api.publish("rate_limit_info", event, line)
         self.exporters.write(line)
+        log.warning("export rate limit dropped %d events", dropped)
 
     # -- serving --------------------------------------------------------------
     def serve(self) -> None:
@@ -136,7 +224,13 @@ class Daemon:
         next_clock = next_tick + 60
         while not self.stopping:
             self.sensor.poll(POLL_MS)
+            if self.api is not None:
+                self.api.run_commands()
             now = time.monotonic()
+            self.notifier.tick(now)
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload()
             if now >= next_flush:
                 self.exporters.flush()
                 next_flush = now + FLUSH_EVERY_S
@@ -156,16 +250,68 @@ class Daemon:
                 log.warning("kernel dropped %d %s records (ring buffer full); %d in total. "
                             "Raise --rb-size.", total - before, kind, total)
         self.lost_reported = lost
+        self._report_rate_limit()
+        now = time.monotonic()
+        self._rate_samples = [s for s in self._rate_samples if now - s[0] <= RATE_WINDOW_S]
+        self._rate_samples.append((now, dict(self.event_stats.by_type)))
         self.write_status()
+        self.notifier.refresh_status(time.monotonic(), self.status)
+
+    def reload(self) -> None:
+        """Re-read what can change without a restart, telling systemd.
+        A hook that fails is logged; the daemon keeps what it had."""
+        log.info("reloading")
+        self.notifier.reloading()
+        for hook in self.reload_hooks:
+            try:
+                hook()
+            except Exception as e:
+                log.error("reload: %s failed: %s", getattr(hook, "__qualname__", hook), e)
+            self.notifier.tick(time.monotonic())   # a slow compile is not a stall
+        self.notifier.ready(systemd.status_line(self.status(), 0.0))
+        log.info("reloaded")
+
+    def _refresh_policies(self) -> None:
+        """Policies and their state, for status; kept for metrics, which read
+        from their own thread (status runs every second, in write_status)."""
+        pm = getattr(self, "policy_manager", None)
+        if pm is None:
+            return
+        try:
+            self.policies_snapshot = api_commands.to_jsonable(pm.list())
+        except Exception as e:
+            log.warning("cannot list policies: %s", e)
+
+    def events_per_second(self) -> tuple[dict, float]:
+        """Events per second by type over the last RATE_WINDOW_S, and the window."""
+        if len(self._rate_samples) < 2:
+            return {}, 0.0
+        (t0, first), (t1, last) = self._rate_samples[0], self._rate_samples[-1]
+        window = t1 - t0
+        return {k: round((n - first.get(k, 0)) / window, 1) for k, n in last.items()}, window
 
     def status(self) -> dict:
+        from .probe import hook_choices
+        self._refresh_policies()
+        rates, window = self.events_per_second()
+        containerd = getattr(self, "containerd", None)
         return {
+            "version": __version__,
             "pid": os.getpid(),
+            "node_name": getattr(self, "node_name", ""),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "startup_s": round(getattr(self, "startup_s", 0.0), 3),
-            "events": dict(self.observer.counts),
+            "hooks": hook_choices(self.features) if self.features else {},
+            "policies": self.policies_snapshot,
+            "events": dict(self.event_stats.by_type),
+            "events_per_s": rates,
+            "rate_window_s": round(window, 1),
+            "export": self.export_controls.stats() if self.export_controls else {},
+            "api": self.api.stats() if self.api else {},
+            "containerd": containerd.status() if hasattr(containerd, "status") else None,
             "lost_in_kernel": self.sensor.lost() if self.sensor else {},
             "process_cache": self.cache.stats(),
+            "containers": self.containers.stats() if self.containers else {},
             "exporters": self.exporters.stats() if self.exporters else {},
             "features": self.features.to_dict() if self.features else {},
         }
@@ -185,8 +331,16 @@ class Daemon:
     def request_stop(self, signum, _frame) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
         self.stopping = True
+        self.notifier.stopping()
+
+    def request_reload(self, _signum, _frame) -> None:
+        self.reload_requested = True
 
     def close(self) -> None:
+        if self.api is not None:
+            self.api.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         if self.sensor is not None:
             # drain what the kernel already queued, then detach
             try:
@@ -194,6 +348,10 @@ class Daemon:
             except Exception:
                 pass
             self.sensor.close()
+        if self.containers is not None:
+            self.containers.close()
+        if self.k8s is not None:
+            self.k8s.close()
         if self.exporters is not None:
             self.exporters.close()
         try:
@@ -206,6 +364,7 @@ def run(cfg) -> int:
     daemon = Daemon(cfg)
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)
+    signal.signal(signal.SIGHUP, daemon.request_reload)
     try:
         daemon.start()
         daemon.write_status()

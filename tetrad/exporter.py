@@ -49,6 +49,12 @@ class Exporter(abc.ABC):
     def write(self, line: str) -> None:
         """Queue one event line (without newline); never raises on I/O errors."""
 
+    def write_event(self, event: dict, line: str) -> None:
+        """Like write(line), for exporters that also use the event's fields
+        (the journal); `event` must be the dict that `line` serialises, after
+        any field filter or redaction, so both say the same."""
+        self.write(line)
+
     def flush(self) -> None:
         """Push buffered lines to the destination."""
 
@@ -531,6 +537,10 @@ class MultiExporter(Exporter):
         for exporter in self.exporters:
             exporter.write(line)
 
+    def write_event(self, event: dict, line: str) -> None:
+        for exporter in self.exporters:
+            exporter.write_event(event, line)
+
     def flush(self) -> None:
         for exporter in self.exporters:
             exporter.flush()
@@ -563,6 +573,10 @@ def build_exporters(cfg) -> MultiExporter:
         )
     if cfg.export_stdout:
         exporters.append(StreamExporter(sys.stdout, name="<stdout>"))
+    if cfg.enable_journal:
+        from .journal import JournalExporter  # imported here: it builds on Exporter
+        exporters.append(JournalExporter(socket_path=os.environ.get(
+            "TETRAD_JOURNAL_SOCKET") or JournalExporter.DEFAULT_SOCKET))
     return MultiExporter(exporters)
 
 

@@ -22,11 +22,13 @@ def _text(raw: bytes) -> str:
 
 
 class Observer:
-    def __init__(self, builder: EventBuilder, cache: ProcessCache, sink):
-        """`sink(event_type, event_dict, line)` receives every event."""
+    def __init__(self, builder: EventBuilder, cache: ProcessCache, sink, containers=None):
+        """`sink(event_type, event_dict, line)` receives every event;
+        `containers` (a ContainerResolver) names each process's container and pod."""
         self.builder = builder
         self.cache = cache
         self.sink = sink
+        self.containers = containers
         self.node = builder.node_name
         self.counts: Counter[str] = Counter()
 
@@ -53,6 +55,8 @@ class Observer:
             arguments=format_arguments([_text(a) for a in argv[1:]]), flags=rec.flags,
             parent_exec_id=parent.exec_id if parent else "", nspid=rec.nspid,
             cgroup_id=rec.cgroup_id, creds=rec.creds, caps=rec.caps, ns=rec.ns)
+        if self.containers is not None:
+            self.containers.describe(proc)
         self.cache.add(proc)
         self.emit("process_exec", self.builder.process_exec(proc, parent))
 
@@ -77,6 +81,8 @@ class Observer:
             proc = Process(exec_id=exec_id(self.node, 0, rec.pid), pid=rec.pid, tid=rec.tid,
                            ktime=0, start_time=rfc3339(0), uid=0, auid=0xFFFFFFFF, cwd="",
                            binary="", arguments="", flags=pflags.MISS, refcnt=0)
+        elif proc.docker and proc.pod is None and self.containers is not None:
+            self.containers.describe(proc, wait=False)   # its pod may be known by now
         self.emit("process_exit", self.builder.process_exit(
             proc, self.cache.parent_of(proc), rec.exit_code, rec.ktime))
 
@@ -90,6 +96,8 @@ class Observer:
             arguments=format_arguments(info.argv), flags=info.flags,
             parent_exec_id=parent.exec_id if parent else "", nspid=info.nspid,
             cgroup_id=info.cgroup_id, creds=info.creds, caps=info.caps, ns=info.ns)
+        if self.containers is not None:
+            self.containers.describe(proc, wait=False)
         self.cache.add(proc)
         return proc
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+from . import backends
 from . import config as config_mod
 from . import features as features_mod
 from . import offsets
@@ -22,15 +23,24 @@ def hook_choices(f) -> dict[str, str]:
     }
 
 
-def collect(btf_path: str, server_address: str | None):
+def collect(btf_path: str, server_address: str | None, hook_backend: str | None = None):
     f = features_mod.detect(btf_path=btf_path)
+    overrides = {"server-address": server_address} if server_address else {}
+    if hook_backend:
+        overrides["hook-backend"] = hook_backend
+    cfg = config_mod.load(overrides or None)
     out: dict = {"features": f.to_dict(), "hooks": hook_choices(f)}
+    btf = None
     try:
-        macros = offsets.resolve(Btf.load(btf_path))
+        btf = Btf.load(btf_path)
+        macros = offsets.resolve(btf)
         out["offsets"] = {"resolved": len(macros), "error": ""}
     except (OSError, BtfError, offsets.OffsetError) as e:
         out["offsets"] = {"resolved": 0, "error": str(e)}
-    cfg = config_mod.load({"server-address": server_address} if server_address else None)
+    choices = backends.summary(f, force=cfg.hook_backend,
+                               has_func=btf.has_func if btf is not None else None)
+    out["backends"] = {"hook_backend": cfg.hook_backend,
+                       "choices": [c.to_dict() for c in choices]}
     path = status_path(cfg)
     try:
         with open(path) as fh:
@@ -52,7 +62,7 @@ def _alive(pid) -> bool:
 
 
 def main(args) -> int:
-    info, feats = collect(args.btf, args.server_address)
+    info, feats = collect(args.btf, args.server_address, args.hook_backend)
     if args.output == "json":
         print(json.dumps(info, indent=2))
         return 0
@@ -62,6 +72,10 @@ def main(args) -> int:
     print("Hooks chosen")
     for kind, choice in info["hooks"].items():
         print(f"  {kind}: {choice}")
+    print(f"Backends (hook-backend={info['backends']['hook_backend']})")
+    for c in info["backends"]["choices"]:
+        chosen = f"{c['backend']} {c['target']}" if c["backend"] else "REFUSED"
+        print(f"  {c['kind'] + ' ' + c['name']:<36} {chosen}: {c['reason']}")
     off = info["offsets"]
     print("BTF offsets")
     print(f"  {off['resolved']} members resolved" + (f"; ERROR: {off['error']}" if off["error"] else ""))
@@ -75,6 +89,19 @@ def main(args) -> int:
         print("  events: " + (", ".join(f"{k} {v}" for k, v in sorted(d["events"].items())) or "none"))
         lost = d.get("lost_in_kernel") or {}
         print("  lost in kernel: " + (", ".join(f"{k} {v}" for k, v in sorted(lost.items())) or "0"))
+        for exp in (d.get("exporters") or {}).get("exporters", []):
+            print(f"  export to {exp['path']}: {exp['lines_written']} written, "
+                  f"{exp['lines_lost']} lost")
         cache = d.get("process_cache", {})
         print(f"  process cache: {cache.get('size', 0)} entries, {cache.get('evictions', 0)} evictions")
+        ct = d.get("containers") or {}
+        if ct.get("containerd_address"):
+            state = "connected" if ct.get("containerd_connected") else "UNAVAILABLE"
+            print(f"  containerd {ct['containerd_address']}: {state}, "
+                  f"{ct.get('containers_known', 0)} containers known, "
+                  f"{ct.get('containerd_errors', 0)} errors, {ct.get('lookups_late', 0)} late look-ups")
+        if "k8s" in ct:
+            k = ct["k8s"]
+            print(f"  Kubernetes API: {k['pods']} pods of this node, {k['policies']} tracing policies, "
+                  f"{k['errors']} errors")
     return 0

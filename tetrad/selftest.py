@@ -19,35 +19,41 @@ class SelfTestError(Exception):
     pass
 
 
-def expected_identity(cgroup_root: str) -> dict:
-    """What /proc says about this process."""
-    pid = os.getpid()
+def own_pid(procfs: str = "/proc") -> int:
+    """This process's pid as BPF sees it: in the pid namespace of `procfs`,
+    which is the host's one when a container points --procfs at the host's /proc."""
+    return int(os.readlink(f"{procfs}/self"))
+
+
+def expected_identity(cgroup_root: str, procfs: str = "/proc") -> dict:
+    """What /proc (`procfs`) says about this process."""
+    pid = own_pid(procfs)
     status = {}
-    with open("/proc/self/status") as f:
+    with open(f"{procfs}/self/status") as f:
         for line in f:
             k, _, v = line.partition(":")
             status[k] = v.strip()
     try:
-        with open("/proc/self/loginuid") as f:
+        with open(f"{procfs}/self/loginuid") as f:
             auid = int(f.read())
     except OSError:
         auid = 0xFFFFFFFF
-    with open("/proc/self/cmdline", "rb") as f:
+    with open(f"{procfs}/self/cmdline", "rb") as f:
         cmdline = f.read()
     ns = []
     for name in NAMESPACE_NAMES:
         try:
-            ns.append(os.stat(f"/proc/self/ns/{name}").st_ino)
+            ns.append(os.stat(f"{procfs}/self/ns/{name}").st_ino)
         except OSError:
             ns.append(None)   # namespace type absent: not compared
     return {
         "pid": pid,
-        "ppid": os.getppid(),
+        "ppid": int(status["PPid"]),
         "auid": auid,
         "uid": os.getuid(),
         "gid": os.getgid(),
         "cwd": os.getcwd(),
-        "cgroup_id": cgroup_id_of("/proc", "self", cgroup_root) if cgroup_root else None,
+        "cgroup_id": cgroup_id_of(procfs, "self", cgroup_root) if cgroup_root else None,
         "nspid": int(status["NSpid"].split()[-1]),
         "cap_effective": int(status["CapEff"], 16),
         "args": cmdline[:4096],
@@ -76,12 +82,13 @@ def compare(expected: dict, observed: dict) -> list[str]:
     return problems
 
 
-def run(sensor, poll_records, cgroup_root: str, timeout_s: float = 3.0) -> dict:
+def run(sensor, poll_records, cgroup_root: str, timeout_s: float = 3.0,
+        procfs: str = "/proc") -> dict:
     """Trigger the self-test probe and check it.  `poll_records(ms)` polls the
     ring buffer and returns self-test records seen so far."""
-    sensor.arm_selftest(os.getpid())
+    sensor.arm_selftest(own_pid(procfs))
     try:
-        expected = expected_identity(cgroup_root)
+        expected = expected_identity(cgroup_root, procfs)
         os.getpgid(0)
         deadline = time.monotonic() + timeout_s
         records: list[TaskRecord] = []

@@ -1,0 +1,189 @@
+"""Which BPF mechanism serves a hook: the one rule, in one place.
+
+A TracingPolicy names hooks the way Tetragon does (``kprobes:`` with ``call: fd_install`` or
+``call: sys_write`` + ``syscall: true``, ``tracepoints:``, ``lsmhooks:``, ``uprobes:``).  The
+kernel decides what can serve them.  ``choose()`` is a pure function of the detected
+``Features`` and the hook (no I/O), so the policy engine, ``tetrad probe`` and the tests all
+get the same answer, with the reason for it.
+
+The rule, per hook kind (first available wins):
+
+* ``kprobe`` (function entry): kprobe, as Tetragon does (any kallsyms symbol, arguments by
+  register like Tetragon's argument indexes) -> fentry (when kprobes are missing but BPF
+  trampolines load, and the function is in BTF) -> a tracepoint equivalent
+  (``syscalls:sys_enter_<name>`` for a syscall, a known tracepoint for a few kernel functions).
+* ``kretprobe`` (function return): kretprobe -> fexit -> ``syscalls:sys_exit_<name>``.
+* ``lsm`` (``lsmhooks:``): BPF LSM only; there is no faithful substitute (a kprobe cannot
+  deny), so the hook is refused with the reason.
+* ``tracepoint`` / ``raw_tracepoint`` / ``uprobe``: themselves, when the kernel has them.
+
+``force`` (the ``--hook-backend`` flag, or a policy's ``hook-backend`` option) pins one
+backend family for function hooks (``kprobes:``, the only kind with several mechanisms; the
+other kinds have exactly one).  If the kernel cannot provide it the hook is refused and the
+reason says so, never silently served by something else.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+
+__all__ = ["Choice", "FORCE_VALUES", "HOOK_KINDS", "TRACEPOINT_EQUIVALENTS", "choose",
+           "syscall_function", "summary"]
+
+HOOK_KINDS = ("kprobe", "kretprobe", "lsm", "tracepoint", "raw_tracepoint", "uprobe")
+# Values of --hook-backend: "auto" applies the rule; the others pin a family.
+FORCE_VALUES = ("auto", "kprobe", "fentry", "tracepoint")
+
+# Kernel functions whose effect a tracepoint also reports, with the difference worth knowing.
+# (function entry -> tracepoint, caveat).  The policy engine may pass a larger table.
+TRACEPOINT_EQUIVALENTS: dict[str, tuple[str, str]] = {
+    "tcp_connect": ("sock:inet_sock_set_state",
+                    "CLOSE->SYN_SENT in the caller; the full 4-tuple only at ESTABLISHED"),
+    "tcp_close": ("tcp:tcp_destroy_sock", "fires when the socket is destroyed"),
+    "tcp_sendmsg": ("sock:sock_send_length", "kernel >= 6.3; byte count after the send"),
+    "tcp_recvmsg": ("sock:sock_recv_length", "kernel >= 6.3; byte count after the receive"),
+}
+
+# Per-architecture prefix of syscall entry functions (what a kprobe on a syscall attaches to).
+_SYSCALL_PREFIX = {"x86_64": "__x64_sys_", "aarch64": "__arm64_sys_", "s390x": "__s390x_sys_",
+                   "riscv64": "__riscv_sys_"}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The backend chosen for one hook; ``backend`` is None when nothing here can serve it."""
+
+    kind: str
+    name: str
+    backend: str | None
+    target: str  # what is attached: function, "category:tracepoint", or "" when refused
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "backend": self.backend,
+                "target": self.target, "reason": self.reason}
+
+
+def syscall_function(name: str, machine: str | None = None) -> str:
+    """The kernel function behind syscall `name` ("sys_write", "write" -> "__x64_sys_write")."""
+    bare = _bare_syscall(name)
+    prefix = _SYSCALL_PREFIX.get(machine or platform.machine(), "sys_")
+    return prefix + bare
+
+
+def _bare_syscall(name: str) -> str:
+    for prefix in (*_SYSCALL_PREFIX.values(), "sys_"):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def _why_not(features, capability: str) -> str:
+    return features.notes.get(capability) or f"{capability} not available"
+
+
+def choose(features, kind: str, name: str = "", *, syscall: bool = False,
+           force: str = "auto", in_btf: bool | None = None,
+           equivalents: dict[str, tuple[str, str]] | None = None) -> Choice:
+    """Pick the backend for one hook.
+
+    `features` is a tetrad.features.Features; `in_btf` says whether the function has a BTF
+    FUNC record (None: unknown, assumed yes: fentry's own load check will say otherwise).
+    """
+    if kind not in HOOK_KINDS:
+        raise ValueError(f"unknown hook kind {kind!r} (one of {', '.join(HOOK_KINDS)})")
+    if force not in FORCE_VALUES:
+        raise ValueError(f"unknown hook backend {force!r} (one of {', '.join(FORCE_VALUES)})")
+    equivalents = TRACEPOINT_EQUIVALENTS if equivalents is None else equivalents
+
+    def pick(backend, target, reason):
+        return Choice(kind, name, backend, target, reason)
+
+    def refuse(reason):
+        return Choice(kind, name, None, "", reason)
+
+    if kind in ("kprobe", "kretprobe"):
+        return _choose_function(features, kind, name, syscall, force, in_btf, equivalents)
+    if kind == "lsm":
+        if features.bpf_lsm:
+            return pick("bpf_lsm", name, "BPF LSM loads on this kernel")
+        return refuse(f"BPF LSM unavailable: {_why_not(features, 'bpf_lsm')}; "
+                      "a kprobe cannot deny, so lsmhooks are not emulated")
+    if kind == "tracepoint":
+        if features.tracepoints:
+            return pick("tracepoint", name, "tracefs has tracepoints")
+        return refuse(_why_not(features, "tracepoints"))
+    if kind == "raw_tracepoint":
+        if features.raw_tracepoints:
+            return pick("raw_tracepoint", name, "raw tracepoints load")
+        return refuse(_why_not(features, "raw_tracepoints"))
+    if features.uprobes:  # uprobe
+        return pick("uprobe", name, "uprobes attach")
+    return refuse(_why_not(features, "uprobes"))
+
+
+def _choose_function(features, kind, name, syscall, force, in_btf, equivalents) -> Choice:
+    """kprobe/kretprobe hooks: the first available of kprobe, fentry, tracepoint."""
+    ret = kind == "kretprobe"
+    function = syscall_function(name) if syscall else name
+    probe_cap = "kretprobes" if ret else "kprobes"
+    # (family, backend, attach target, available, why not)
+    candidates = [("kprobe", kind, function, getattr(features, probe_cap),
+                   _why_not(features, probe_cap))]
+    fentry_why = (f"{function} has no BTF FUNC record" if features.fentry
+                  else _why_not(features, "fentry"))
+    candidates.append(("fentry", "fexit" if ret else "fentry", function,
+                       features.fentry and in_btf is not False, fentry_why))
+    caveat = ""
+    if syscall:
+        tp = f"syscalls:sys_{'exit' if ret else 'enter'}_{_bare_syscall(name)}"
+        candidates.append(("tracepoint", "tracepoint", tp, features.syscall_tracepoints,
+                           _why_not(features, "syscall_tracepoints")))
+    elif not ret and name in equivalents:
+        tp, caveat = equivalents[name]
+        candidates.append(("tracepoint", "tracepoint", tp, features.tracepoints,
+                           _why_not(features, "tracepoints")))
+    else:
+        candidates.append(("tracepoint", "tracepoint", "", False,
+                           f"no tracepoint equivalent of {name or 'this function'}"
+                           + (" return" if ret else "")))
+
+    if force != "auto":
+        family, backend, target, ok, why = next(c for c in candidates if c[0] == force)
+        if ok:
+            return Choice(kind, name, backend, target, f"forced by hook-backend={force}")
+        return Choice(kind, name, None, "", f"hook-backend={force} forced, but {why}")
+    refused = []
+    for family, backend, target, ok, why in candidates:
+        if ok:
+            reason = "; ".join(refused) or "preferred"
+            if caveat and family == "tracepoint":
+                reason += f"; equivalent with a difference: {caveat}"
+            return Choice(kind, name, backend, target, reason)
+        refused.append(f"no {family}: {why}")
+    return Choice(kind, name, None, "", "; ".join(refused))
+
+
+# Hooks shown by `tetrad probe`: one per kind, syscall and plain function apart.
+SAMPLE_HOOKS = (
+    ("kprobe", "sys_write", True),
+    ("kprobe", "fd_install", False),
+    ("kprobe", "tcp_connect", False),
+    ("kretprobe", "sys_write", True),
+    ("kretprobe", "fd_install", False),
+    ("lsm", "file_open", False),
+    ("tracepoint", "sched:sched_process_exec", False),
+    ("uprobe", "libc:getaddrinfo", False),
+)
+
+
+def summary(features, force: str = "auto", has_func=None) -> list[Choice]:
+    """The choice for each sample hook; `has_func(name)` answers BTF questions if given."""
+    out = []
+    for kind, name, syscall in SAMPLE_HOOKS:
+        in_btf = None
+        if has_func is not None and kind in ("kprobe", "kretprobe"):
+            in_btf = has_func(syscall_function(name) if syscall else name)
+        out.append(choose(features, kind, name, syscall=syscall, force=force, in_btf=in_btf))
+    return out

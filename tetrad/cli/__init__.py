@@ -1,0 +1,1 @@
+"""Client subcommands that talk to the running daemon or render events."""

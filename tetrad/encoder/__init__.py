@@ -1,0 +1,1 @@
+"""Rendering events for people: `compact` (tetra's one-line format)."""
