@@ -1,0 +1,278 @@
+/* In-kernel prevention for network policies: cgroup BPF programs on the
+ * cgroup v2 root that refuse a socket, connect() or sendmsg() with EPERM
+ * before anything leaves the host.  This works on kernels without kprobes,
+ * BPF LSM or bpf_override_return (where a SIGKILL from a tracepoint would
+ * come too late: the peer already accepted the connection).
+ *
+ * Rules come from policies (tetrad/enforce/sock.py compiles them) and live
+ * in the `rules` array, so changing a rule needs no recompilation.  A rule
+ * applies to every process unless it is scoped: then only to processes whose
+ * bit is set in `exec_scope` (by binary, at exec) or `pid_scope` and/or whose
+ * cgroup's bit is set in `cgroup_scope` (pods, containers). */
+#include "common.h"
+
+#ifndef MAX_RULES
+#define MAX_RULES 16
+#endif
+#define MAX_ADDRS 8
+#define MAX_PORTS 8
+#define BINARY_KEY_LEN 256
+
+#define ACTION_DENY    1   /* refuse with EPERM, report */
+#define ACTION_MONITOR 2   /* report what would have been refused, allow */
+
+#define HOOK_CONNECT     (1u << 0)
+#define HOOK_SENDMSG     (1u << 1)
+#define HOOK_SOCK_CREATE (1u << 2)
+
+#define SCOPE_PROCESS    (1u << 0)   /* only processes in exec_scope or pid_scope */
+#define SCOPE_CGROUP     (1u << 1)   /* only cgroups in cgroup_scope */
+#define SCOPE_NOT_PROCESS (1u << 2)  /* all but those (matchBinaries NotIn) */
+
+#define RECORD_SOCK 16
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+#define ntohs16(x) __builtin_bswap16(x)   /* x86 and arm64 are little endian */
+
+struct cidr {
+    u32 addr[4];      /* network byte order; IPv4 in addr[0] */
+    u32 mask[4];      /* the prefix as a mask, made in userspace */
+    u32 family;       /* AF_INET or AF_INET6 */
+};
+
+struct port_range {
+    u16 lo, hi;       /* host byte order, inclusive */
+};
+
+struct sock_rule {
+    u32 action;       /* 0: empty slot */
+    u32 hooks;
+    u32 families;     /* bit per address family; 0 = any */
+    u32 protocols;    /* bit per IPPROTO_* below 32 (TCP 6, UDP 17); 0 = any */
+    u32 types;        /* bit per SOCK_* type; 0 = any */
+    u32 scope;
+    u32 n_addrs;
+    u32 addrs_negate; /* NotDAddr: the rule matches addresses outside all CIDRs */
+    u32 n_ports;
+    u32 ports_negate;
+    struct cidr addrs[MAX_ADDRS];
+    struct port_range ports[MAX_PORTS];
+};
+
+struct sock_record {
+    struct record_header h;
+    u32 pid, tid;
+    u32 rule;
+    u32 hook;
+    u32 action;
+    u32 family, type, protocol;
+    u16 dport, pad;
+    u32 daddr[4];
+    u64 cgroup_id;
+};
+
+BPF_RINGBUF_OUTPUT(events, RB_PAGES);
+BPF_PERCPU_ARRAY(lost_records, u64, LOST_SLOTS);
+BPF_ARRAY(rules, struct sock_rule, MAX_RULES);
+BPF_HASH(pid_scope, u32, u64, 65536);           /* tgid -> rule bits (matchPIDs), set by userspace */
+BPF_HASH(exec_scope, u32, u64, 65536);          /* tgid -> rule bits from the binary it exec'd */
+BPF_HASH(cgroup_scope, u64, u64, 16384);        /* cgroup id -> rule bits */
+struct binary_key {
+    char path[BINARY_KEY_LEN];
+};
+BPF_HASH(binary_scope, struct binary_key, u64, 1024);  /* exec'd path -> rule bits */
+BPF_PERCPU_ARRAY(scratch_key, struct binary_key, 1);
+
+/* Branch-free comparisons keep the verifier's work linear in the rules. */
+static __always_inline int cidr_match(const struct cidr *c, const u32 *addr, u32 family)
+{
+    u32 diff = ((c->addr[0] ^ addr[0]) & c->mask[0]) | ((c->addr[1] ^ addr[1]) & c->mask[1]) |
+               ((c->addr[2] ^ addr[2]) & c->mask[2]) | ((c->addr[3] ^ addr[3]) & c->mask[3]);
+    return (c->family == family) & (diff == 0);
+}
+
+static __always_inline int rule_matches(const struct sock_rule *r, u32 hook, u32 family, u32 type,
+                                        u32 protocol, const u32 *addr, u16 port, u64 proc_bits,
+                                        u64 cgroup_bits, u32 idx)
+{
+    if (!r->action || !(r->hooks & hook))
+        return 0;
+    if (r->families && (family >= 32 || !(r->families & (1u << family))))
+        return 0;
+    if (r->protocols && (protocol >= 32 || !(r->protocols & (1u << protocol))))
+        return 0;
+    if (r->types && (type >= 32 || !(r->types & (1u << type))))
+        return 0;
+    u64 bit = 1ull << idx;
+    if ((r->scope & SCOPE_PROCESS) && !(proc_bits & bit))
+        return 0;
+    if ((r->scope & SCOPE_NOT_PROCESS) && (proc_bits & bit))
+        return 0;
+    if ((r->scope & SCOPE_CGROUP) && !(cgroup_bits & bit))
+        return 0;
+    if (r->n_addrs) {
+        if (!addr)
+            return 0;
+        int hit = 0;
+#pragma clang loop unroll(disable)
+        for (int i = 0; i < MAX_ADDRS; i++)
+            hit |= (i < r->n_addrs) & cidr_match(&r->addrs[i], addr, family);
+        if (hit == (int)r->addrs_negate)
+            return 0;
+    }
+    if (r->n_ports) {
+        if (!addr)
+            return 0;
+        int hit = 0;
+#pragma clang loop unroll(disable)
+        for (int i = 0; i < MAX_PORTS; i++)
+            hit |= (i < r->n_ports) & (port >= r->ports[i].lo) & (port <= r->ports[i].hi);
+        if (hit == (int)r->ports_negate)
+            return 0;
+    }
+    return 1;
+}
+
+/* Returns 1 to allow, 0 to refuse (the caller gets EPERM). */
+static __always_inline int decide(u32 hook, u32 family, u32 type, u32 protocol, const u32 *addr, u16 port)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    if (tgid == EXEMPT_TGID || tgid == 1)   /* never act on tetrad itself or init */
+        return 1;
+    u64 cgid = bpf_get_current_cgroup_id();
+    u64 *eb = exec_scope.lookup(&tgid);
+    u64 *pb = pid_scope.lookup(&tgid);
+    u64 *cb = cgroup_scope.lookup(&cgid);
+    u64 proc_bits = (eb ? *eb : 0) | (pb ? *pb : 0), cgroup_bits = cb ? *cb : 0;
+
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < MAX_RULES; i++) {
+        u32 key = i;
+        struct sock_rule *r = rules.lookup(&key);
+        if (!r || !rule_matches(r, hook, family, type, protocol, addr, port, proc_bits, cgroup_bits, i))
+            continue;
+        struct sock_record *e = events.ringbuf_reserve(sizeof(struct sock_record));
+        if (e) {
+            __builtin_memset(e, 0, sizeof(*e));
+            e->h.type = RECORD_SOCK;
+            e->h.size = sizeof(*e);
+            e->h.ktime = bpf_ktime_get_ns();
+            e->pid = tgid;
+            e->tid = (u32)pid_tgid;
+            e->rule = i;
+            e->hook = hook;
+            e->action = r->action;
+            e->family = family;
+            e->type = type;
+            e->protocol = protocol;
+            e->dport = port;
+            e->cgroup_id = cgid;
+            if (addr)
+                __builtin_memcpy(e->daddr, addr, 16);
+            events.ringbuf_submit(e, 0);
+        } else {
+            u32 slot = RECORD_SOCK % LOST_SLOTS;
+            u64 *n = lost_records.lookup(&slot);
+            if (n)
+                __sync_fetch_and_add(n, 1);
+        }
+        return r->action == ACTION_DENY ? 0 : 1;
+    }
+    return 1;
+}
+
+static __always_inline int on_addr4(struct bpf_sock_addr *ctx, u32 hook)
+{
+    u32 addr[4] = {ctx->user_ip4, 0, 0, 0};
+    return decide(hook, AF_INET, ctx->type, ctx->protocol, addr, ntohs16((u16)ctx->user_port));
+}
+
+static __always_inline int on_addr6(struct bpf_sock_addr *ctx, u32 hook)
+{
+    u32 w[4];
+    w[0] = ctx->user_ip6[0];
+    w[1] = ctx->user_ip6[1];
+    w[2] = ctx->user_ip6[2];
+    w[3] = ctx->user_ip6[3];
+    u16 port = ntohs16((u16)ctx->user_port);
+    u32 family = AF_INET6;
+    /* ::ffff:a.b.c.d is IPv4 reaching us through connect6: judge it as IPv4 */
+    if (w[0] == 0 && w[1] == 0 && w[2] == __builtin_bswap32(0x0000ffff)) {
+        w[0] = w[3];
+        w[2] = w[3] = 0;
+        family = AF_INET;
+    }
+    return decide(hook, family, ctx->type, ctx->protocol, w, port);
+}
+
+int connect4(struct bpf_sock_addr *ctx) { return on_addr4(ctx, HOOK_CONNECT); }
+int connect6(struct bpf_sock_addr *ctx) { return on_addr6(ctx, HOOK_CONNECT); }
+int sendmsg4(struct bpf_sock_addr *ctx) { return on_addr4(ctx, HOOK_SENDMSG); }
+int sendmsg6(struct bpf_sock_addr *ctx) { return on_addr6(ctx, HOOK_SENDMSG); }
+
+int sock_create(struct bpf_sock *sk)
+{
+    return decide(HOOK_SOCK_CREATE, sk->family, sk->type, sk->protocol, 0, 0);
+}
+
+/* Binary scope: set a process's rule bits from the path it exec'd, so that
+ * matchBinaries is decided in the kernel before the program's first call. */
+RAW_TRACEPOINT_PROBE(sched_process_exec)
+{
+    void *bprm = (void *)ctx->args[2];
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u32 zero = 0;
+    struct binary_key *key = scratch_key.lookup(&zero);
+    if (!key)
+        return 0;
+    __builtin_memset(key, 0, sizeof(*key));
+    void *filename = PTR_MEMBER(bprm, linux_binprm, filename);
+    bpf_probe_read_kernel_str(key->path, BINARY_KEY_LEN, filename);
+    u64 *bits = binary_scope.lookup(key);
+    if (bits) {
+        u64 b = *bits;
+        exec_scope.update(&tgid, &b);
+    } else {
+        exec_scope.delete(&tgid);
+    }
+    return 0;
+}
+
+/* a child forked without exec keeps its parent's binary, so its scope too */
+RAW_TRACEPOINT_PROBE(sched_process_fork)
+{
+    void *parent = (void *)ctx->args[0];
+    void *child = (void *)ctx->args[1];
+    u32 ppid = 0, pid = 0, tgid = 0;
+    READ_MEMBER(ppid, parent, task_struct, tgid);
+    READ_MEMBER(pid, child, task_struct, pid);
+    READ_MEMBER(tgid, child, task_struct, tgid);
+    if (pid != tgid)
+        return 0;
+    u64 *bits = exec_scope.lookup(&ppid);
+    if (bits) {
+        u64 b = *bits;
+        exec_scope.update(&tgid, &b);
+    }
+    return 0;
+}
+
+/* a process's scope ends with it */
+RAW_TRACEPOINT_PROBE(sched_process_exit)
+{
+    void *task = (void *)ctx->args[0];
+    u32 pid = 0, tgid = 0;
+    READ_MEMBER(pid, task, task_struct, pid);
+    READ_MEMBER(tgid, task, task_struct, tgid);
+    if (pid == tgid) {
+        exec_scope.delete(&tgid);
+        pid_scope.delete(&tgid);
+    }
+    return 0;
+}

@@ -1,0 +1,267 @@
+"""Socket rules enforced by cgroup BPF (bpf/enforce_sock.c).
+
+`SockRule` is what a network policy compiles to: which hooks (socket
+creation, connect, sendmsg), which families/protocols/socket types, which
+destination CIDRs and ports (or all but them), for which processes, and
+whether to refuse (EPERM) or only report.  `SockEnforcer` owns the BPF object:
+programs attached by BPF links to the cgroup v2 root (so they cover every
+process of the host and end with the daemon), rules in a BPF array (a changed
+rule needs no recompilation), and the records of every refused or reported
+call."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+
+from ..bpf_loader import compile_program
+from . import links
+
+log = logging.getLogger("tetrad.enforce.sock")
+
+MAX_RULES = 16
+MAX_ADDRS = 8
+MAX_PORTS = 8
+BINARY_KEY_LEN = 256
+
+ACTION_DENY = 1
+ACTION_MONITOR = 2
+
+HOOK_CONNECT = 1 << 0
+HOOK_SENDMSG = 1 << 1
+HOOK_SOCK_CREATE = 1 << 2
+HOOK_NAMES = {HOOK_CONNECT: "connect", HOOK_SENDMSG: "sendmsg", HOOK_SOCK_CREATE: "socket"}
+
+SCOPE_PROCESS = 1 << 0
+SCOPE_CGROUP = 1 << 1
+SCOPE_NOT_PROCESS = 1 << 2
+
+RECORD_SOCK = 16
+
+
+class _Cidr(ctypes.Structure):
+    _fields_ = [("addr", ctypes.c_uint8 * 16), ("mask", ctypes.c_uint8 * 16),
+                ("family", ctypes.c_uint32)]
+
+
+class _Ports(ctypes.Structure):
+    _fields_ = [("lo", ctypes.c_uint16), ("hi", ctypes.c_uint16)]
+
+
+class _Rule(ctypes.Structure):
+    _fields_ = [("action", ctypes.c_uint32), ("hooks", ctypes.c_uint32),
+                ("families", ctypes.c_uint32), ("protocols", ctypes.c_uint32),
+                ("types", ctypes.c_uint32), ("scope", ctypes.c_uint32),
+                ("n_addrs", ctypes.c_uint32), ("addrs_negate", ctypes.c_uint32),
+                ("n_ports", ctypes.c_uint32), ("ports_negate", ctypes.c_uint32),
+                ("addrs", _Cidr * MAX_ADDRS), ("ports", _Ports * MAX_PORTS)]
+
+
+class _Record(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint8), ("pad0", ctypes.c_uint8 * 3), ("size", ctypes.c_uint32),
+                ("ktime", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("tid", ctypes.c_uint32),
+                ("rule", ctypes.c_uint32), ("hook", ctypes.c_uint32), ("action", ctypes.c_uint32),
+                ("family", ctypes.c_uint32), ("type_", ctypes.c_uint32),
+                ("protocol", ctypes.c_uint32), ("dport", ctypes.c_uint16),
+                ("pad1", ctypes.c_uint16), ("daddr", ctypes.c_uint8 * 16),
+                ("cgroup_id", ctypes.c_uint64)]
+
+
+assert ctypes.sizeof(_Rule) == 40 + 36 * MAX_ADDRS + 4 * MAX_PORTS and ctypes.sizeof(_Record) == 80
+
+
+class RuleError(ValueError):
+    pass
+
+
+@dataclass
+class SockRule:
+    """One network rule.  Empty sets mean "any"."""
+    action: int = ACTION_DENY
+    hooks: int = HOOK_CONNECT | HOOK_SENDMSG
+    families: set[int] = field(default_factory=set)      # socket.AF_INET, AF_INET6
+    protocols: set[int] = field(default_factory=set)     # socket.IPPROTO_TCP, ...
+    types: set[int] = field(default_factory=set)         # socket.SOCK_STREAM, ...
+    cidrs: list[str] = field(default_factory=list)       # "10.0.0.0/8", "::1/128"
+    cidrs_negate: bool = False
+    ports: list[tuple[int, int]] = field(default_factory=list)
+    ports_negate: bool = False
+    binaries: set[str] = field(default_factory=set)      # exact exec paths (matchBinaries In)
+    binaries_negate: bool = False                        # matchBinaries NotIn
+    pids: set[int] = field(default_factory=set)
+    cgroup_ids: set[int] | None = None                   # pods/containers; None = any
+    label: str = ""                                      # policy/hook, for events
+
+    def to_struct(self) -> _Rule:
+        r = _Rule(action=self.action, hooks=self.hooks)
+        r.families = _bits(self.families)
+        r.protocols = _bits(self.protocols)
+        r.types = _bits(self.types)
+        if len(self.cidrs) > MAX_ADDRS:
+            raise RuleError(f"at most {MAX_ADDRS} addresses per rule, got {len(self.cidrs)}")
+        if len(self.ports) > MAX_PORTS:
+            raise RuleError(f"at most {MAX_PORTS} port ranges per rule, got {len(self.ports)}")
+        for i, text in enumerate(self.cidrs):
+            try:
+                net = ipaddress.ip_network(text, strict=False)
+            except ValueError as e:
+                raise RuleError(f"bad address {text!r}: {e}") from None
+            packed = net.network_address.packed
+            r.addrs[i].addr[:len(packed)] = list(packed)
+            r.addrs[i].mask[:len(packed)] = list(net.netmask.packed)
+            r.addrs[i].family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+        r.n_addrs = len(self.cidrs)
+        r.addrs_negate = int(self.cidrs_negate)
+        for i, (lo, hi) in enumerate(self.ports):
+            if not 0 <= lo <= hi <= 65535:
+                raise RuleError(f"bad port range {lo}-{hi}")
+            r.ports[i].lo, r.ports[i].hi = lo, hi
+        r.n_ports = len(self.ports)
+        r.ports_negate = int(self.ports_negate)
+        scope = 0
+        if self.binaries or self.pids:
+            scope |= SCOPE_NOT_PROCESS if self.binaries_negate else SCOPE_PROCESS
+        if self.cgroup_ids is not None:
+            scope |= SCOPE_CGROUP
+        r.scope = scope
+        return r
+
+
+def _bits(values) -> int:
+    out = 0
+    for v in values:
+        if not 0 <= v < 32:
+            raise RuleError(f"value {v} out of range")
+        out |= 1 << v
+    return out
+
+
+@dataclass
+class SockVerdict:
+    """A call a rule refused (action deny) or would have refused (monitor)."""
+    ktime: int
+    pid: int
+    tid: int
+    rule: int
+    hook: str
+    action: int
+    family: int
+    type: int
+    protocol: int
+    daddr: str
+    dport: int
+    cgroup_id: int
+
+
+class SockEnforcer:
+    PROGRAMS = (
+        ("connect4", links.CGROUP_INET4_CONNECT, "CGROUP_SOCK_ADDR"),
+        ("connect6", links.CGROUP_INET6_CONNECT, "CGROUP_SOCK_ADDR"),
+        ("sendmsg4", links.CGROUP_UDP4_SENDMSG, "CGROUP_SOCK_ADDR"),
+        ("sendmsg6", links.CGROUP_UDP6_SENDMSG, "CGROUP_SOCK_ADDR"),
+        ("sock_create", links.CGROUP_INET_SOCK_CREATE, "CGROUP_SOCK"),
+    )
+
+    def __init__(self, cgroup_root: str, macros: dict[str, int], rb_pages: int = 64,
+                 exempt_tgid: int | None = None):
+        from bcc import BPF
+        self.bpf = compile_program("enforce_sock.c", {
+            **macros, "RB_PAGES": rb_pages, "MAX_RULES": MAX_RULES,
+            "EXEMPT_TGID": os.getpid() if exempt_tgid is None else exempt_tgid})
+        self.rules: dict[int, SockRule] = {}
+        self._link_fds: list[int] = []
+        self._verdicts: list[SockVerdict] = []
+        cgroup_fd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name, attach_type, prog_type in self.PROGRAMS:
+                # sock_addr programs must name their attach point at load time
+                fn = self.bpf.load_func(name.encode(), getattr(BPF, prog_type),
+                                        attach_type=attach_type)
+                self._link_fds.append(links.link_create(fn.fd, cgroup_fd, attach_type))
+        except Exception:
+            self.close()
+            raise
+        finally:
+            os.close(cgroup_fd)
+        self.bpf[b"events"].open_ring_buffer(self._on_record)
+
+    def _on_record(self, _ctx, data, size):
+        r = ctypes.cast(data, ctypes.POINTER(_Record)).contents
+        family = r.family
+        raw = bytes(r.daddr)
+        if r.hook == HOOK_SOCK_CREATE:
+            daddr = ""
+        elif family == socket.AF_INET:
+            daddr = str(ipaddress.IPv4Address(raw[:4]))
+        else:
+            daddr = str(ipaddress.IPv6Address(raw))
+        self._verdicts.append(SockVerdict(r.ktime, r.pid, r.tid, r.rule, HOOK_NAMES.get(r.hook, "?"),
+                                          r.action, family, r.type_, r.protocol, daddr, r.dport,
+                                          r.cgroup_id))
+        return 0
+
+    # -- rules -------------------------------------------------------------
+    def set_rule(self, slot: int, rule: SockRule, running: dict[int, str] | None = None) -> None:
+        """Install `rule` in `slot`.  `running` (pid -> exec'd binary path)
+        scopes processes that exec'd before the rule existed."""
+        if not 0 <= slot < MAX_RULES:
+            raise RuleError(f"rule slot {slot} out of range (at most {MAX_RULES} rules)")
+        struct_ = rule.to_struct()
+        bit = 1 << slot
+        self._clear_scope(bit)
+        for path in rule.binaries:
+            key = path.encode()[:BINARY_KEY_LEN - 1].ljust(BINARY_KEY_LEN, b"\0")
+            table = self.bpf[b"binary_scope"]
+            k = table.Key()
+            ctypes.memmove(ctypes.byref(k), key, BINARY_KEY_LEN)
+            old = table.get(k)
+            table[k] = table.Leaf((old.value if old is not None else 0) | bit)
+        for pid, path in (running or {}).items():
+            if path in rule.binaries:
+                self._or_bits(b"exec_scope", ctypes.c_uint32(pid), bit)
+        for pid in rule.pids:
+            self._or_bits(b"pid_scope", ctypes.c_uint32(pid), bit)
+        for cgid in rule.cgroup_ids or ():
+            self._or_bits(b"cgroup_scope", ctypes.c_uint64(cgid), bit)
+        self.bpf[b"rules"][ctypes.c_int(slot)] = struct_
+        self.rules[slot] = rule
+
+    def clear_rule(self, slot: int) -> None:
+        self.bpf[b"rules"][ctypes.c_int(slot)] = _Rule()
+        self._clear_scope(1 << slot)
+        self.rules.pop(slot, None)
+
+    def _or_bits(self, table_name: bytes, key, bit: int) -> None:
+        table = self.bpf[table_name]
+        old = table.get(key)
+        table[key] = ctypes.c_uint64((old.value if old is not None else 0) | bit)
+
+    def _clear_scope(self, bit: int) -> None:
+        for name in (b"exec_scope", b"pid_scope", b"cgroup_scope", b"binary_scope"):
+            table = self.bpf[name]
+            for k, v in list(table.items()):
+                if v.value & bit:
+                    rest = v.value & ~bit
+                    if rest:
+                        table[k] = ctypes.c_uint64(rest)
+                    else:
+                        del table[k]
+
+    # -- records -----------------------------------------------------------
+    def poll(self, timeout_ms: int = 0) -> list[SockVerdict]:
+        self.bpf.ring_buffer_poll(timeout_ms)
+        out, self._verdicts = self._verdicts, []
+        return out
+
+    def lost(self) -> int:
+        return sum(sum(v) for _, v in self.bpf[b"lost_records"].items())
+
+    def close(self) -> None:
+        for fd in self._link_fds:
+            os.close(fd)   # detaches: a link lives as long as its fd
+        self._link_fds = []
+        self.bpf.cleanup()
