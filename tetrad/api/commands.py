@@ -1,5 +1,5 @@
 """The commands the daemon serves on its socket besides the event stream:
-`status` always; `tracingpolicy.list|add|delete|enable|disable` when the
+`status` always; `tracingpolicy.list|add|delete|enable|disable|set-mode` when the
 daemon has a policy manager (changes for root only) (`daemon.policy_manager`, with list(),
 add(path), delete(name), enable(name), disable(name)).  Handlers run in the
 daemon's thread (ApiServer.run_commands)."""
@@ -54,3 +54,8 @@ def register(server, daemon) -> None:
     server.register("tracingpolicy.add", _policy_call(pm.add, "path"), privileged=True)
     for action in ("delete", "enable", "disable"):
         server.register(f"tracingpolicy.{action}", _policy_call(getattr(pm, action), "name"), privileged=True)
+
+    def set_mode(args: dict):
+        mode = args.get("mode")
+        return _policy_call(lambda name: pm.set_mode(name, mode), "name")(args)
+    server.register("tracingpolicy.set-mode", set_mode, privileged=True)

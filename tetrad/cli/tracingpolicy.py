@@ -1,4 +1,4 @@
-"""`tetrad tracingpolicy list|add FILE|delete NAME|enable NAME|disable NAME`,
+"""`tetrad tracingpolicy list|add FILE|delete NAME|enable NAME|disable NAME|set-mode NAME MODE`,
 served by the daemon's policy manager over its socket."""
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ def add_arguments(p) -> None:
     for action in ("delete", "enable", "disable"):
         a = sub.add_parser(action, parents=[common], help=f"{action} a tracing policy")
         a.add_argument("name")
+    sm = sub.add_parser("set-mode", parents=[common],
+                        help="enforce, or only report what would be enforced (monitor)")
+    sm.add_argument("name")
+    sm.add_argument("mode", choices=("enforce", "monitor"))
 
 
 def main(args) -> int:
@@ -32,6 +36,8 @@ def main(args) -> int:
         payload = {"path": os.path.abspath(args.file)}
     elif action == "list":
         payload = {}
+    elif action == "set-mode":
+        payload = {"name": args.name, "mode": args.mode}
     else:
         payload = {"name": args.name}
     try:
@@ -56,7 +62,8 @@ def print_policies(policies: list) -> None:
     for p in policies:
         p = p if isinstance(p, dict) else {"name": str(p)}
         where = p.get("file", "") + (f"[{p['document']}]" if p.get("document") is not None else "")
-        print(f"{p.get('name') or '-'}  {where}  {p.get('state', '?')}")
+        mode = "  (monitor mode)" if p.get("mode") == "monitor" else ""
+        print(f"{p.get('name') or '-'}  {where}  {p.get('state', '?')}{mode}")
         if p.get("error"):
             print(f"    error: {p['error']}")
         for h in p.get("hooks", []):

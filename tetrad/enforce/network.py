@@ -17,6 +17,7 @@ the `__x64_`/`__arm64_` syscall prefix):
 from __future__ import annotations
 
 import socket
+import dataclasses
 from dataclasses import dataclass
 
 from .sock import (ACTION_DENY, ACTION_MONITOR, HOOK_CONNECT, HOOK_SENDMSG, HOOK_SOCK_CREATE,
@@ -131,6 +132,12 @@ def _arg(rule: SockRule, match: dict, where: str, cgroup_hook: int, addr_index, 
     if index != addr_index:
         raise EnforcementError(f"{where}.index", f"argument {index} of {hook.name} is not the "
                                f"socket or address (argument {addr_index}); it cannot be enforced")
+    arg_type = next((a.type for a in hook.args if a.index == index), "")
+    if arg_type == "sockaddr":
+        # Tetragon matches a sockaddr's address with SAddr/SPort: for connect and
+        # sendto that address is the destination
+        op = {"SAddr": "DAddr", "NotSAddr": "NotDAddr", "SPort": "DPort", "NotSPort": "NotDPort",
+              "SPortPriv": "DPortPriv", "NotSPortPriv": "NotDPortPriv"}.get(op, op)
     if op in ("DAddr", "NotDAddr"):
         if rule.cidrs:
             raise EnforcementError(where, "DAddr and NotDAddr in one selector cannot be enforced together")
@@ -173,3 +180,40 @@ def _pids(rule: SockRule, match: dict, where: str) -> None:
         raise EnforcementError(f"{where}.operator", "only matchPIDs In with host pids can be enforced "
                                "before the call")
     rule.pids |= {int(v) for v in match.get("values") or ()}
+
+
+def tracing_part(policy):
+    """`policy` without its enforcing network selectors, which the cgroup
+    programs both decide and report; a hook left with none is dropped (a hook
+    without selectors would match everything).  Returns the policy itself when
+    nothing is enforced on network calls."""
+    hooks, changed = [], False
+    for hook in policy.hooks:
+        enforcing = set(enforcing_selectors(hook)) if hook.kind == "kprobe" and is_network_call(hook.name) else set()
+        if not enforcing:
+            hooks.append(hook)
+            continue
+        changed = True
+        rest = tuple(sel for i, sel in enumerate(hook.selectors) if i not in enforcing)
+        if rest:
+            hooks.append(dataclasses.replace(hook, selectors=rest))
+    return dataclasses.replace(policy, hooks=hooks) if changed else policy
+
+
+def unenforceable_overrides(policy, features) -> list[str]:
+    """Reasons why Override on other hooks cannot be honoured here."""
+    reasons = []
+    for hook in policy.hooks:
+        if hook.kind == "kprobe" and is_network_call(hook.name):
+            continue
+        for s, sel in enumerate(hook.selectors):
+            if any(a.get("action") == "Override" for a in sel.get("matchActions") or ()):
+                where = f"{hook.path}.selectors[{s}].matchActions"
+                if not (features.bpf_lsm or features.override_return):
+                    reasons.append(f"{where}: Override on {hook.name!r} needs BPF LSM or kprobe "
+                                   "override; this kernel has neither")
+                else:
+                    reasons.append(f"{where}: Override on {hook.name!r} is not implemented by "
+                                   "tetrad's kprobe backend yet (only network calls, through "
+                                   "cgroup BPF)")
+    return reasons

@@ -167,7 +167,9 @@ class SockEnforcer:
     )
 
     def __init__(self, cgroup_root: str, macros: dict[str, int], rb_pages: int = 64,
-                 exempt_tgid: int | None = None):
+                 exempt_tgid: int | None = None, on_verdict=None):
+        """`on_verdict(SockVerdict)`, if given, receives each record as it is
+        consumed; otherwise they are collected for `poll()`."""
         from bcc import BPF
         self.bpf = compile_program("enforce_sock.c", {
             **macros, "RB_PAGES": rb_pages, "MAX_RULES": MAX_RULES,
@@ -175,6 +177,7 @@ class SockEnforcer:
         self.rules: dict[int, SockRule] = {}
         self._link_fds: list[int] = []
         self._verdicts: list[SockVerdict] = []
+        self._on_verdict = on_verdict
         cgroup_fd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for name, attach_type, prog_type in self.PROGRAMS:
@@ -199,12 +202,18 @@ class SockEnforcer:
             daddr = str(ipaddress.IPv4Address(raw[:4]))
         else:
             daddr = str(ipaddress.IPv6Address(raw))
-        self._verdicts.append(SockVerdict(r.ktime, r.pid, r.tid, r.rule, HOOK_NAMES.get(r.hook, "?"),
-                                          r.action, family, r.type_, r.protocol, daddr, r.dport,
-                                          r.cgroup_id))
+        verdict = SockVerdict(r.ktime, r.pid, r.tid, r.rule, HOOK_NAMES.get(r.hook, "?"),
+                              r.action, family, r.type_, r.protocol, daddr, r.dport, r.cgroup_id)
+        if self._on_verdict is not None:
+            self._on_verdict(verdict)
+        else:
+            self._verdicts.append(verdict)
         return 0
 
     # -- rules -------------------------------------------------------------
+    def free_slots(self) -> list[int]:
+        return [i for i in range(MAX_RULES) if i not in self.rules]
+
     def set_rule(self, slot: int, rule: SockRule, running: dict[int, str] | None = None) -> None:
         """Install `rule` in `slot`.  `running` (pid -> exec'd binary path)
         scopes processes that exec'd before the rule existed."""
@@ -252,6 +261,13 @@ class SockEnforcer:
                         del table[k]
 
     # -- records -----------------------------------------------------------
+    def fileno(self) -> int:
+        """The ring buffer's fd, for the daemon's epoll (tetrad/poller.py)."""
+        return self.bpf[b"events"].map_fd
+
+    def consume(self) -> None:
+        self.bpf.ring_buffer_consume()
+
     def poll(self, timeout_ms: int = 0) -> list[SockVerdict]:
         self.bpf.ring_buffer_poll(timeout_ms)
         out, self._verdicts = self._verdicts, []

@@ -14,10 +14,14 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..enforce import network as enforce_net
+from ..enforce.events import MONITOR_NOTE, verdict_event
+from ..enforce.sock import ACTION_DENY, SockEnforcer
 from . import hooks as hooks_mod
 from . import loader
 from .events import PolicyEvents, decode
@@ -31,6 +35,38 @@ log = logging.getLogger("tetrad.policy")
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 SETTLE_S = 0.15   # wait for a burst of inotify events (an editor's save) to end
+MODE_OPTION = "policy-mode"
+MODES = ("enforce", "monitor")
+SIGNALLING_ACTIONS = ("Sigkill", "Signal")
+
+
+def policy_mode(policy: Policy) -> str:
+    for opt in policy.spec.get("options") or ():
+        if opt.get("name") == MODE_OPTION:
+            value = str(opt.get("value", "enforce")).lower()
+            if value not in MODES:
+                raise hooks_mod.PlanError(f"option {MODE_OPTION}: {value!r} is not enforce or monitor")
+            return value
+    return "enforce"
+
+
+def _monitor_only(policy: Policy) -> tuple[Policy, dict]:
+    """Monitor mode for the tracing program: Sigkill/Signal become Post, and
+    what was not done is remembered per (hook, selector) for the events."""
+    import dataclasses
+    hooks, monitored = [], {}
+    for h, hook in enumerate(policy.hooks):
+        selectors = []
+        for s_i, sel in enumerate(hook.selectors):
+            acts = sel.get("matchActions") or ()
+            taken = [a["action"] for a in acts if a.get("action") in SIGNALLING_ACTIONS]
+            if taken:
+                monitored[(h, s_i)] = taken[0]
+                sel = dict(sel, matchActions=[a if a.get("action") not in SIGNALLING_ACTIONS
+                                              else {"action": "Post"} for a in acts])
+            selectors.append(sel)
+        hooks.append(dataclasses.replace(hook, selectors=tuple(selectors)))
+    return dataclasses.replace(policy, hooks=hooks), monitored
 
 
 @dataclass
@@ -46,12 +82,40 @@ class Entry:
     error: str = ""
     enabled: bool = True
     source: str = "directory"        # or "flag" (--tracing-policy), "api" (add())
+    mode: str = "enforce"            # or "monitor": report what would be done, do nothing
+    full_policy: Policy | None = None   # as written; `policy` is what the tracing program runs
+    net_rules: list = field(default_factory=list)   # enforce_net.NetworkRule, by cgroup BPF
+    slots: list = field(default_factory=list)       # their rule slots in the enforcer
+    monitored: dict = field(default_factory=dict)   # (hook, selector) -> action not taken
+    loaded: bool = False
 
     @property
     def state(self) -> str:
         if self.error:
             return "error"
         return "loaded" if self.enabled else "disabled"
+
+
+def prepare(policy: Policy, features, mode: str = "enforce"):
+    """How `policy` runs on this kernel: (the tracing program's policy, its
+    hook plans, the cgroup BPF network rules, the actions monitor mode does
+    not take).  PlanError or EnforcementError if it cannot run as written:
+    prevention this kernel cannot give is refused, never downgraded to watching."""
+    reasons = enforce_net.unenforceable_overrides(policy, features)
+    if reasons:
+        raise hooks_mod.PlanError("; ".join(reasons))
+    net_rules = enforce_net.network_rules(policy, monitor=mode == "monitor")
+    if net_rules and not features.cgroup_sock_addr:
+        raise hooks_mod.PlanError(
+            "Override/Sigkill on network calls needs cgroup BPF (sock_addr programs), which "
+            "this kernel refused: " + features.notes.get("cgroup_sock_addr", "unknown reason"))
+    tracing = enforce_net.tracing_part(policy)
+    monitored: dict = {}
+    if mode == "monitor":
+        tracing, monitored = _monitor_only(tracing)
+    force = hooks_mod.forced_backend(policy)
+    plans = [hooks_mod.plan(h, features, force) for h in tracing.hooks]
+    return tracing, plans, net_rules, monitored
 
 
 class PolicyManager:
@@ -72,7 +136,11 @@ class PolicyManager:
         self.procfs = procfs
         self.sync_processes = sync_processes
         self.entries: list[Entry] = []
-        self.counts = {"events": 0, "decode_errors": 0}
+        self.counts = {"events": 0, "decode_errors": 0, "enforced": 0}
+        self.enforcer: SockEnforcer | None = None
+        self._slot_owner: dict[int, tuple[Entry, object]] = {}
+        self._modes: dict[str, str] = {}      # set-mode, over the policy's own option
+        self._entry_of: dict[int, Entry] = {}
         self.watcher: DirectoryWatcher | None = None
         self._dirty_since: float | None = None
         self._builders: dict[int, PolicyEvents] = {}
@@ -93,6 +161,9 @@ class PolicyManager:
         for e in self.entries:
             self._unload(e)
         self.entries = []
+        if self.enforcer is not None:
+            self.poller.unregister(self.enforcer.fileno())
+            self.enforcer.close()   # its BPF links go with it: nothing stays blocked
         if self.watcher is not None:
             self.poller.unregister(self.watcher.fileno())
             self.watcher.close()
@@ -113,7 +184,7 @@ class PolicyManager:
         out = []
         for e in self.entries:
             item = {"name": e.name, "file": e.file, "document": e.document, "state": e.state,
-                    "source": e.source}
+                    "source": e.source, "mode": e.mode}
             if e.error:
                 item["error"] = e.error
             if e.policy is not None and e.plans:
@@ -121,6 +192,8 @@ class PolicyManager:
                                   "attach": [f"{k} {t}" for k, t, _ in p.attach],
                                   **({"note": p.note} if p.note else {})}
                                  for h, p in zip(e.policy.hooks, e.plans)]
+            if e.net_rules:
+                item.setdefault("hooks", []).extend(self._enforcement_lines(e))
             if e.program is not None:
                 item["lost"] = e.program.lost()
                 item["compile_s"] = round(e.program.compile_s, 2)
@@ -174,15 +247,49 @@ class PolicyManager:
 
     def _set_enabled(self, name: str, enabled: bool) -> bool:
         for e in self.entries:
-            if e.name == name and e.program is not None:
-                e.program.set_enabled(enabled)
+            if e.name == name and e.loaded:
+                if e.program is not None:
+                    e.program.set_enabled(enabled)
+                if e.net_rules:
+                    if enabled:
+                        self._enforce(e)
+                    else:
+                        self._release_slots(e)
                 e.enabled = enabled
                 log.info("policy %s %s", name, "enabled" if enabled else "disabled")
                 return True
         return False
 
     def lost(self) -> int:
-        return sum(e.program.lost() for e in self.entries if e.program is not None)
+        lost = sum(e.program.lost() for e in self.entries if e.program is not None)
+        return lost + (self.enforcer.lost() if self.enforcer is not None else 0)
+
+    def set_mode(self, name: str, mode: str) -> bool:
+        """`tetrad tracingpolicy set-mode NAME enforce|monitor`: reload the
+        policy in that mode (over its own policy-mode option)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be enforce or monitor, not {mode!r}")
+        for e in self.entries:
+            if e.name == name and e.full_policy is not None:
+                self._modes[name] = mode
+                fresh = self._make_entry(e.file, e.document, e.source, e.full_policy, e.digest)
+                self._replace([fresh if x is e else x for x in self.entries])
+                log.info("policy %s now in %s mode", name, mode)
+                return True
+        return False
+
+    @staticmethod
+    def _enforcement_lines(e: Entry) -> list[dict]:
+        targets = {"connect": "cgroup connect4, connect6", "sendmsg": "cgroup sendmsg4, sendmsg6",
+                   "socket": "cgroup sock_create"}
+        out = []
+        for nr in e.net_rules:
+            what = next(k for k, bit in (("connect", 1), ("sendmsg", 2), ("socket", 4)) if nr.rule.hooks & bit)
+            done = "reported, not refused (monitor mode)" if e.mode == "monitor" else (
+                "refused with EPERM before the call" + (", then the caller is killed" if nr.kill else ""))
+            out.append({"hook": f"kprobe {nr.call} (selector {nr.selector_index})",
+                        "backend": "cgroup-bpf", "attach": [targets[what]], "note": done})
+        return out
 
     # -- internals ------------------------------------------------------------
     @staticmethod
@@ -207,11 +314,12 @@ class PolicyManager:
         if policy.kind == "TracingPolicyNamespaced":
             log.warning("policy %s: TracingPolicyNamespaced applies to every process here: tetrad "
                         "does not yet restrict it to the pods of namespace %r", policy.name, policy.namespace)
-        entry = Entry(file, doc, policy.name, digest, policy=policy, source=source)
+        entry = Entry(file, doc, policy.name, digest, policy=policy, source=source, full_policy=policy)
         try:
-            force = hooks_mod.forced_backend(policy)
-            entry.plans = [hooks_mod.plan(h, self.features, force) for h in policy.hooks]
-        except hooks_mod.PlanError as e:
+            entry.mode = self._modes.get(policy.name) or policy_mode(policy)
+            entry.policy, entry.plans, entry.net_rules, entry.monitored = prepare(
+                policy, self.features, entry.mode)
+        except (hooks_mod.PlanError, enforce_net.EnforcementError) as e:
             entry.error = f"{policy.where}: {e}"
             log.error("policy %s rejected: %s", policy.name, entry.error)
             return entry
@@ -229,7 +337,7 @@ class PolicyManager:
                 log.error("policy rejected: %s", e.error)
                 continue
             seen[e.name] = e
-            if e.program is None:
+            if not e.loaded:
                 self._load(e)
         current = {id(e) for e in entries}
         for old in self.entries:
@@ -240,6 +348,18 @@ class PolicyManager:
 
     def _load(self, e: Entry) -> None:
         started = time.monotonic()
+        if e.net_rules:
+            try:
+                self._enforce(e)
+            except Exception as err:   # BCC's bare Exception included: the daemon keeps running
+                e.error = f"{e.full_policy.where}: cannot enforce: {' '.join(str(err).split())}"
+                log.error("policy %s not loaded: %s", e.name, e.error)
+                return
+        if not e.policy.hooks:   # everything it says is enforced by cgroup BPF
+            e.loaded = True
+            log.info("policy %s loaded from %s (%s mode): %d cgroup BPF rule(s)", e.name, e.file,
+                     e.mode, len(e.net_rules))
+            return
         try:
             program = PolicyProgram(e.policy, e.plans, self.macros, self.rb_pages,
                                     self.features.tracefs or "/sys/kernel/tracing", self.procfs)
@@ -254,14 +374,19 @@ class PolicyManager:
                 err = ProgramError(" ".join(str(err).split()))
             e.error = f"{e.policy.where}: {err}"
             log.error("policy %s not loaded: %s", e.name, e.error)
+            self._release_slots(e)
             return
         e.program = program
+        e.loaded = True
+        self._entry_of[id(program)] = e
         self._builders[id(program)] = PolicyEvents(e.policy, self.builder, self.cache, self.sync_processes)
         self.poller.register(program.fileno(), program.consume)
         log.info("policy %s loaded from %s in %.2fs: %s", e.name, e.file, time.monotonic() - started,
                  "; ".join(f"{h.kind} {h.name} -> {p.describe()}" for h, p in zip(e.policy.hooks, e.plans)))
 
     def _unload(self, e: Entry) -> None:
+        self._release_slots(e)
+        e.loaded = False
         if e.program is None:
             return
         self.poller.unregister(e.program.fileno())
@@ -270,6 +395,7 @@ class PolicyManager:
         except Exception:
             pass
         self._builders.pop(id(e.program), None)
+        self._entry_of.pop(id(e.program), None)
         e.program.close()
         e.program = None
 
@@ -283,5 +409,55 @@ class PolicyManager:
             self.counts["decode_errors"] += 1
             log.debug("undecodable policy record: %s", err)
             return
+        entry = self._entry_of.get(id(program))
+        if entry is not None and entry.monitored:
+            rec = decode(raw)
+            not_taken = entry.monitored.get((rec.hook, rec.selector))
+            if not_taken:
+                body = event[kind]
+                body["action"] = "KPROBE_ACTION_" + not_taken.upper()
+                body["message"] = f"{body['message']} ({MONITOR_NOTE})" if body.get("message") else MONITOR_NOTE
         self.counts["events"] += 1
+        self.emit(kind, (event, _encode(event)))
+
+    # -- prevention by cgroup BPF ---------------------------------------------
+    def _enforce(self, e: Entry) -> None:
+        if self.enforcer is None:
+            self.enforcer = SockEnforcer(self.features.cgroup_v2_root, self.macros,
+                                         on_verdict=self._on_verdict)
+            self.poller.register(self.enforcer.fileno(), self.enforcer.consume)
+        free = self.enforcer.free_slots()
+        if len(free) < len(e.net_rules):
+            raise ValueError(f"{len(e.net_rules)} network rules do not fit: {len(free)} of "
+                             "the enforcer's rule slots are free")
+        running = {pid: p.binary for pid, p in self.cache.by_pid.items()}
+        for slot, nr in zip(free, e.net_rules):
+            self.enforcer.set_rule(slot, nr.rule, running)
+            self._slot_owner[slot] = (e, nr)
+            e.slots.append(slot)
+
+    def _release_slots(self, e: Entry) -> None:
+        for slot in e.slots:
+            self.enforcer.clear_rule(slot)
+            self._slot_owner.pop(slot, None)
+        e.slots = []
+
+    def _on_verdict(self, v) -> None:
+        owner = self._slot_owner.get(v.rule)
+        if owner is None:
+            return
+        e, nr = owner
+        if nr.kill and v.action == ACTION_DENY:
+            try:   # the call is already refused; Sigkill also ends the caller
+                os.kill(v.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        proc = self.cache.find(v.pid)
+        if proc is None:
+            self.sync_processes()
+            proc = self.cache.find(v.pid)
+        parent = self.cache.parent_of(proc) if proc is not None else None
+        hook = e.full_policy.hooks[nr.hook_index]
+        kind, event = verdict_event(v, nr, e.full_policy, hook, self.builder, proc, parent)
+        self.counts["enforced"] += 1
         self.emit(kind, (event, _encode(event)))

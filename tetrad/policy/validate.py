@@ -298,8 +298,12 @@ def _sock_value_ok(op: str, val: str) -> bool:
 def _check_action(act: dict, path: str, types: dict, kind: str) -> list[tuple[str, str]]:
     name = act.get("action")
     if name == "Override":
-        return [(f"{path}.action", "action Override (blocking) is not implemented in tetrad yet; "
-                                   "use Sigkill, or remove the action")]
+        # whether this kernel can honour it is decided with the hook (tetrad/enforce/)
+        try:
+            int(act.get("argError", -1))
+        except (TypeError, ValueError):
+            return [(f"{path}.argError", f"{act.get('argError')!r} is not an integer error number")]
+        return []
     if name not in ACTIONS:
         return [(f"{path}.action", f"action {name} is not supported by tetrad yet")]
     errors = []

@@ -1,0 +1,238 @@
+"""Enforcement through policies, with a real daemon on the real kernel:
+prevention where the kernel allows it (cgroup BPF for network calls), what a
+SIGKILL from a syscall hook does and does not stop (every row of the table in
+the README), monitor mode, refusal of what cannot be honoured, and nothing
+left blocked after the daemon stops.
+
+Every policy is scoped to a copy of python at a unique path, so nothing else
+on the machine is touched."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from conftest import tetrad_cmd
+from policytools import settle, start_with_policies, status, wait_policies
+
+HEAD = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n{options}  kprobes:\n"
+CONNECT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+try:
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+    print("connected")
+except OSError as e:
+    print("errno", e.errno)
+"""
+
+
+@pytest.fixture
+def scoped_python(tmp_path):
+    """A copy of python at a path no other process runs."""
+    exe = tmp_path / f"py-{uuid.uuid4().hex[:8]}"
+    shutil.copy(os.path.realpath("/usr/bin/python3"), exe)
+    os.chmod(tmp_path, 0o755)
+    return str(exe)
+
+
+@pytest.fixture
+def listener():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.setblocking(False)
+    yield srv
+    srv.close()
+
+
+def accepted(srv) -> int:
+    n = 0
+    while True:
+        try:
+            srv.accept()[0].close()
+            n += 1
+        except BlockingIOError:
+            return n
+
+
+def connect_policy(name, call, exe, port, action="Override", mode=None, addr_index=0, arg_type="sock"):
+    # a sockaddr's address is matched with SAddr/SPort in Tetragon's syntax
+    a, p = ("SAddr", "SPort") if arg_type == "sockaddr" else ("DAddr", "DPort")
+    options = f"  options:\n  - name: policy-mode\n    value: {mode}\n" if mode else ""
+    act = "- action: Override\n        argError: -1" if action == "Override" else f"- action: {action}"
+    return (HEAD.format(name=name, options=options) +
+            f"  - call: {call}\n    syscall: {'true' if call.startswith('sys_') else 'false'}\n"
+            f"    message: \"no connections to {port}\"\n"
+            f"    args:\n    - index: {addr_index}\n      type: {arg_type}\n"
+            f"    selectors:\n"
+            f"    - matchBinaries:\n      - operator: In\n        values: [\"{exe}\"]\n"
+            f"      matchArgs:\n      - index: {addr_index}\n        operator: {a}\n        values: [\"127.0.0.1/32\"]\n"
+            f"      - index: {addr_index}\n        operator: {p}\n        values: [\"{port}\"]\n"
+            f"      matchActions:\n      {act}\n")
+
+
+def run(exe, *args, code=CONNECT):
+    p = subprocess.run([exe, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=30)
+    return p.returncode, p.stdout.strip()
+
+
+def verdicts(d, pid=None):
+    return [e["process_kprobe"] for e in d.events() if "process_kprobe" in e
+            and e["process_kprobe"].get("action") in ("KPROBE_ACTION_OVERRIDE", "KPROBE_ACTION_SIGKILL")
+            and (pid is None or e["process_kprobe"]["process"]["pid"] == pid)]
+
+
+def test_denied_connect_never_reaches_the_listener(tmp_path, scoped_python, listener):
+    port = listener.getsockname()[1]
+    d = start_with_policies(tmp_path / "d", {"deny.yaml": connect_policy("deny-connect", "tcp_connect",
+                                                                         scoped_python, port)})
+    try:
+        pol = status(d)["policies"][0]
+        assert pol["state"] == "loaded", pol
+        assert [h["backend"] for h in pol["hooks"]] == ["cgroup-bpf"]
+        assert "refused with EPERM before the call" in pol["hooks"][0]["note"]
+        assert run(scoped_python, port) == (0, f"errno {errno.EPERM}")
+        assert run("/usr/bin/python3", port) == (0, "connected")      # not the scoped binary
+        time.sleep(0.2)
+        assert accepted(listener) == 1
+        (v,) = d.wait_for(lambda evs: verdicts(d), what="the refusal event")
+        assert v["policy_name"] == "deny-connect" and v["function_name"] == "tcp_connect"
+        assert v["process"]["binary"] == scoped_python
+        assert v["args"] == [{"sock_arg": {"family": "AF_INET", "type": "SOCK_STREAM",
+                                            "protocol": "IPPROTO_TCP", "daddr": "127.0.0.1", "dport": port}}]
+        assert v["return"] == {"int_arg": -errno.EPERM}
+        # set-mode monitor: the same connect goes through and is reported
+        subprocess.run(tetrad_cmd() + ["tracingpolicy", "set-mode", "deny-connect", "monitor",
+                                       f"--server-address=unix://{d.sock}"], check=True)
+        wait_policies(d, 1, pred=lambda ps: ps[0].get("mode") == "monitor" and ps[0]["state"] == "loaded")
+        assert run(scoped_python, port) == (0, "connected")
+        time.sleep(0.2)
+        assert accepted(listener) == 1
+        monitored = d.wait_for(lambda evs: [v for v in verdicts(d) if "monitor mode" in v.get("message", "")],
+                               what="the monitor-mode event")
+        assert monitored[0]["action"] == "KPROBE_ACTION_OVERRIDE" and "return" not in monitored[0]
+    finally:
+        assert d.stop() == 0
+    # fail-open: after the daemon stops nothing stays blocked
+    assert run(scoped_python, port) == (0, "connected")
+
+
+def test_monitor_mode_from_the_policy_and_sigkill_on_sys_connect(tmp_path, scoped_python, listener):
+    port = listener.getsockname()[1]
+    other = scoped_python + "-2"
+    shutil.copy(scoped_python, other)
+    d = start_with_policies(tmp_path / "d", {
+        "kill.yaml": connect_policy("kill-connect", "sys_connect", scoped_python, port, action="Sigkill",
+                                    addr_index=1, arg_type="sockaddr"),
+        "watch.yaml": connect_policy("watch-connect", "sys_connect", other, port, mode="monitor",
+                                     addr_index=1, arg_type="sockaddr"),
+    })
+    try:
+        assert {p["name"]: p["state"] for p in status(d)["policies"]} == {
+            "kill-connect": "loaded", "watch-connect": "loaded"}
+        rc, out = run(scoped_python, port)
+        assert rc == -9 and out in ("", f"errno {errno.EPERM}")        # refused, then killed
+        assert run(other, port) == (0, "connected")                     # monitor: allowed
+        time.sleep(0.2)
+        assert accepted(listener) == 1
+        evs = d.wait_for(lambda _: len(verdicts(d)) >= 2 and verdicts(d), what="both verdicts")
+        by_policy = {v["policy_name"]: v for v in evs}
+        assert by_policy["kill-connect"]["action"] == "KPROBE_ACTION_SIGKILL"
+        assert by_policy["kill-connect"]["args"][0]["sockaddr_arg"] == {
+            "family": "AF_INET", "addr": "127.0.0.1", "port": port}
+        assert "monitor mode" in by_policy["watch-connect"]["message"]
+    finally:
+        d.stop()
+
+
+def test_override_the_kernel_cannot_honour_is_rejected_with_the_reason(tmp_path):
+    text = (HEAD.format(name="block-open", options="") +
+            "  - call: security_file_open\n    syscall: false\n    args:\n    - index: 0\n      type: file\n"
+            "    selectors:\n    - matchActions:\n      - action: Override\n        argError: -1\n")
+    d = start_with_policies(tmp_path / "d", {"block.yaml": text})
+    try:
+        (pol,) = status(d)["policies"]
+        assert pol["state"] == "error"
+        assert ("Override on 'security_file_open' needs BPF LSM or kprobe override; "
+                "this kernel has neither") in pol["error"]
+    finally:
+        d.stop()
+
+
+def test_enforcing_selector_cgroup_bpf_cannot_decide_is_rejected(tmp_path, scoped_python):
+    text = connect_policy("bad", "tcp_connect", scoped_python, 80).replace("operator: DAddr", "operator: SAddr")
+    d = start_with_policies(tmp_path / "d", {"bad.yaml": text})
+    try:
+        (pol,) = status(d)["policies"]
+        assert pol["state"] == "error" and "SAddr cannot be decided before the call" in pol["error"]
+    finally:
+        d.stop()
+
+
+# -- what a SIGKILL from a syscall-entry hook stops (README table) -------------
+
+def sigkill_policy(name, call, exe, index=0, arg_type="int", prefix=None):
+    match = (f"      matchArgs:\n      - index: {index}\n        operator: Prefix\n        values: [\"{prefix}\"]\n"
+             if prefix else "")
+    return (HEAD.format(name=name, options="") +
+            f"  - call: {call}\n    syscall: true\n    args:\n    - index: {index}\n      type: {arg_type}\n"
+            f"    selectors:\n    - matchBinaries:\n      - operator: In\n        values: [\"{exe}\"]\n"
+            f"{match}      matchActions:\n      - action: Sigkill\n")
+
+
+@pytest.fixture
+def killer(tmp_path, scoped_python):
+    calls = {"exec": "sys_execve", "write": "sys_write", "creat": "sys_openat", "unlink": "sys_unlink"}
+    # openat: only of our work directory (python opens its modules at start-up)
+    creat = {"index": 1, "arg_type": "string", "prefix": str(tmp_path / "w")}
+    d = start_with_policies(tmp_path / "d", {
+        f"{k}.yaml": sigkill_policy(f"kill-{k}", call, scoped_python + "-" + k, **(creat if k == "creat" else {}))
+        for k, call in calls.items()})
+    assert all(p["state"] == "loaded" for p in status(d)["policies"]), status(d)["policies"]
+    for k in calls:
+        shutil.copy(scoped_python, scoped_python + "-" + k)
+    yield d, scoped_python
+    d.stop()
+
+
+def test_sigkill_table(killer, tmp_path):
+    d, exe = killer
+    work = tmp_path / "w"
+    work.mkdir()
+    # execve: killed, and the new program never runs
+    marker = work / "exec-ran"
+    rc, _ = run(exe + "-exec", code=f"import os; os.execv('/bin/sh', ['sh', '-c', 'touch {marker}'])")
+    assert rc == -9 and not marker.exists()
+    # write to a regular file: killed, nothing written
+    target = work / "file"
+    target.write_text("")
+    rc, _ = run(exe + "-write", code=f"import os; fd = os.open('{target}', os.O_WRONLY); os.write(fd, b'x' * 10)")
+    assert rc == -9 and target.read_bytes() == b""
+    # write to a pipe: killed, but the bytes are delivered
+    r, w = os.pipe()
+    p = subprocess.Popen([exe + "-write", "-c", f"import os; os.write({w}, b'delivered')"], pass_fds=(w,))
+    assert p.wait(30) == -9
+    os.close(w)
+    assert os.read(r, 100) == b"delivered"
+    os.close(r)
+    # openat(O_CREAT): killed, but the file is created
+    created = work / "created"
+    rc, _ = run(exe + "-creat", code=f"open('{created}', 'w')")
+    assert rc == -9 and created.exists()
+    # unlink: killed, but the file is gone
+    doomed = work / "doomed"
+    doomed.write_text("x")
+    rc, _ = run(exe + "-unlink", code=f"import os; os.unlink('{doomed}')")
+    assert rc == -9 and not doomed.exists()
+    # connect: see the cgroup tests above (a kill from a connect hook comes after the peer accepted)
+    kills = [e for e in settle(d) if e.get("process_kprobe", {}).get("action") == "KPROBE_ACTION_SIGKILL"]
+    assert {e["process_kprobe"]["policy_name"] for e in kills} >= {"kill-exec", "kill-write", "kill-creat",
+                                                                  "kill-unlink"}
