@@ -16,6 +16,7 @@ from tetrad.policy import hooks, loader, manager, validate
 from tetrad.policy.loader import PolicyError
 
 EXAMPLES = Path(__file__).parent / "data" / "tetragon-examples"
+REPO_EXAMPLES = Path(__file__).resolve().parent.parent / "etc" / "tetrad" / "examples"
 
 GOOD = """\
 apiVersion: cilium.io/v1alpha1
@@ -277,3 +278,15 @@ def test_equal_string_limit(tmp_path):
     [ok] = load_text(tmp_path, selector_policy(match_args("Equal", ["a" * 255]), args))
     assert not isinstance(ok, PolicyError), ok
     assert "string is longer than 255" in error_of(tmp_path, selector_policy(match_args("Equal", ["a" * 256]), args))
+
+
+def test_hook_backend_flag_forces_the_engine_unless_the_policy_says_otherwise():
+    f = features_mod.detect(quick=True)
+    f.kprobes = f.kretprobes = False
+    [policy] = loader.load_file(REPO_EXAMPLES / "sys_read_follow_prefix.yaml", "sys_read_follow_prefix.yaml")
+    _, plans, _, _ = manager.prepare(policy, f, default_backend="tracepoint")
+    assert {p.backend for p in plans} <= {"syscall-tracepoints", "tracepoint-equivalent"}
+    with pytest.raises(hooks.PlanError, match="kprobe forced, but this kernel has no kprobes"):
+        manager.prepare(policy, f, default_backend="kprobe")
+    with pytest.raises(hooks.PlanError, match="--hook-backend fentry: the policy engine has no such backend"):
+        manager.prepare(policy, f, default_backend="fentry")

@@ -45,7 +45,7 @@ def manager(tmp_path):
     macros = offsets.resolve(Btf.load(), offsets.PROCESS_MEMBERS + offsets.POLICY_MEMBERS)
     got = []
     poller = Poller()
-    m = PolicyManager(str(tmp_path / "dir"), feats, macros, 64, emit=lambda kind, ev: got.append(ev),
+    m = PolicyManager(str(tmp_path / "dir"), feats, macros, 64, emit=lambda kind, built: got.append(built[0]),
                       builder=EventBuilder("test", KtimeClock()), cache=ProcessCache(), poller=poller)
     m.got = got
     m.start()

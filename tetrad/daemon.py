@@ -193,7 +193,7 @@ class Daemon:
             self.cfg.tracing_policy_dir, self.features, macros, rb_pages,
             emit=self.observer.emit, builder=self.builder, cache=self.cache, poller=self.poller,
             extra_file=self.cfg.tracing_policy, procfs=self.cfg.procfs,
-            sync_processes=self.sensor.consume)
+            sync_processes=self.sensor.consume, default_backend=self.cfg.hook_backend)
         self.policy_manager.start()
         self.reload_hooks.append(self.policy_manager.reload)
 

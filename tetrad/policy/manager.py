@@ -96,7 +96,7 @@ class Entry:
         return "loaded" if self.enabled else "disabled"
 
 
-def prepare(policy: Policy, features, mode: str = "enforce"):
+def prepare(policy: Policy, features, mode: str = "enforce", default_backend: str = "auto"):
     """How `policy` runs on this kernel: (the tracing program's policy, its
     hook plans, the cgroup BPF network rules, the actions monitor mode does
     not take).  PlanError or EnforcementError if it cannot run as written:
@@ -114,6 +114,11 @@ def prepare(policy: Policy, features, mode: str = "enforce"):
     if mode == "monitor":
         tracing, monitored = _monitor_only(tracing)
     force = hooks_mod.forced_backend(policy)
+    if force == "auto" and default_backend != "auto":   # --hook-backend, when the policy says nothing
+        if default_backend not in ("kprobe", "tracepoint"):
+            raise hooks_mod.PlanError(f"--hook-backend {default_backend}: the policy engine has no "
+                                      "such backend yet (kprobe or tracepoint)")
+        force = default_backend
     plans = [hooks_mod.plan(h, features, force) for h in tracing.hooks]
     return tracing, plans, net_rules, monitored
 
@@ -121,7 +126,7 @@ def prepare(policy: Policy, features, mode: str = "enforce"):
 class PolicyManager:
     def __init__(self, directory: str, features, macros: dict, rb_pages: int, emit,
                  builder, cache, poller, extra_file: str = "", procfs: str = "/proc",
-                 sync_processes=lambda: None):
+                 sync_processes=lambda: None, default_backend: str = "auto"):
         """`emit(kind, (event, json_line))` receives each policy event; `sync_processes()`
         drains the process sensor (see PolicyEvents)."""
         self.directory = directory
@@ -135,6 +140,7 @@ class PolicyManager:
         self.extra_file = extra_file
         self.procfs = procfs
         self.sync_processes = sync_processes
+        self.default_backend = default_backend
         self.entries: list[Entry] = []
         self.counts = {"events": 0, "decode_errors": 0, "enforced": 0}
         self.enforcer: SockEnforcer | None = None
@@ -318,7 +324,7 @@ class PolicyManager:
         try:
             entry.mode = self._modes.get(policy.name) or policy_mode(policy)
             entry.policy, entry.plans, entry.net_rules, entry.monitored = prepare(
-                policy, self.features, entry.mode)
+                policy, self.features, entry.mode, self.default_backend)
         except (hooks_mod.PlanError, enforce_net.EnforcementError) as e:
             entry.error = f"{policy.where}: {e}"
             log.error("policy %s rejected: %s", policy.name, entry.error)
