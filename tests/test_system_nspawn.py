@@ -93,10 +93,14 @@ class Machine:
             raise AssertionError(f"{script!r} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
         return r
 
+    def main_pid_or_0(self) -> int:
+        return int(self.sh("systemctl show -P MainPID tetrad").stdout)
+
     def main_pid(self) -> int:
-        pid = int(self.sh("systemctl show -P MainPID tetrad").stdout)
+        pid = self.main_pid_or_0()
         # 0 (not running) must never reach `kill`: `kill -9 0` would hit our own process group
-        assert pid > 0, "tetrad.service has no main process"
+        assert pid > 0, "tetrad.service has no main process:\n" + self.sh(
+            "systemctl status tetrad --no-pager; journalctl -u tetrad --no-pager -n 40", check=False).stdout
         return pid
 
     def host_pid(self, pid: int) -> int:
@@ -123,7 +127,7 @@ class Machine:
         while time.monotonic() < deadline:
             state = self.sh("systemctl is-active tetrad", check=False).stdout.strip()
             if state == "active":
-                pid = self.main_pid()
+                pid = self.main_pid_or_0()   # 0 while systemd is still reaping a killed one
                 if pid and pid != other_than:
                     return pid
             time.sleep(0.2)
