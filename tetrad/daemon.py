@@ -21,6 +21,7 @@ from . import features as features_mod
 from . import metrics, offsets, selftest, systemd
 from .api import commands as api_commands
 from .api.server import ApiServer, ServerError
+from .bpf_loader import release_compiler_memory
 from .btf import Btf, BtfError
 from .containers.resolver import ContainerResolver
 from .events import EventBuilder
@@ -105,6 +106,7 @@ class Daemon:
             raise StartupError(str(e)) from None
         log.info("export controls: %s", self.export_controls.summary())
         self.features = features_mod.detect(btf_path=cfg.btf)
+        release_compiler_memory()   # the probe programs were compiled in this process
         for line in self.features.summary_lines():
             log.info("kernel: %s", line)
         if not self.features.raw_tracepoints:

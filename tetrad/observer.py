@@ -85,6 +85,8 @@ class Observer:
             self.containers.describe(proc, wait=False)   # its pod may be known by now
         self.emit("process_exit", self.builder.process_exit(
             proc, self.cache.parent_of(proc), rec.exit_code, rec.ktime))
+        if proc.refcnt <= 0:
+            proc.invalidate()   # kept a while for late events only: drop its cached JSON
 
     # -- processes found in /proc at start ----------------------------------
     def add_procfs(self, info: ProcInfo) -> Process:
