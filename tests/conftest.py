@@ -165,6 +165,17 @@ def daemon(tmp_path_factory):
         d.stop()
 
 
+def accepted(srv) -> int:
+    """Connections a non-blocking listening socket has waiting (accepted and closed)."""
+    n = 0
+    while True:
+        try:
+            srv.accept()[0].close()
+            n += 1
+        except BlockingIOError:
+            return n
+
+
 def of_type(events, kind):
     return [e[kind] for e in events if kind in e]
 

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from conftest import accepted
 from tetrad import offsets
 from tetrad.btf import Btf
 from tetrad.enforce.sock import (ACTION_DENY, ACTION_MONITOR, HOOK_CONNECT, HOOK_SENDMSG,
@@ -52,15 +53,6 @@ def listener():
     srv.close()
 
 
-def accepted(srv) -> int:
-    n = 0
-    while True:
-        try:
-            c, _ = srv.accept()
-            c.close()
-            n += 1
-        except BlockingIOError:
-            return n
 
 
 def run_connect(addr, port, exe=sys.executable):

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from conftest import tetrad_cmd
+from conftest import accepted, tetrad_cmd
 from policytools import settle, start_with_policies, status, wait_policies
 
 HEAD = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n{options}  kprobes:\n"
@@ -53,14 +53,6 @@ def listener():
     srv.close()
 
 
-def accepted(srv) -> int:
-    n = 0
-    while True:
-        try:
-            srv.accept()[0].close()
-            n += 1
-        except BlockingIOError:
-            return n
 
 
 def connect_policy(name, call, exe, port, action="Override", mode=None, addr_index=0, arg_type="sock"):

@@ -32,7 +32,6 @@ from .poller import Poller
 from .policy.manager import PolicyManager
 from .process import procfs
 from .process.cache import ProcessCache
-from .process.model import NAMESPACE_NAMES
 from .sensors.process import ProcessSensor, ring_pages
 from .sensors.records import RECORD_NAMES, RECORD_SELFTEST
 from .timefmt import KtimeClock, rfc3339
@@ -52,13 +51,7 @@ class StartupError(Exception):
 
 def host_namespaces(procfs_root: str) -> tuple:
     """Namespace inodes of PID 1, for `is_host`."""
-    out = []
-    for name in NAMESPACE_NAMES:
-        try:
-            out.append(os.stat(f"{procfs_root}/1/ns/{name}").st_ino)
-        except OSError:
-            out.append(0)
-    return tuple(out)
+    return procfs.namespaces_of(procfs_root, 1)
 
 
 def status_path(cfg) -> str:

@@ -15,9 +15,6 @@ from .model import NAMESPACE_NAMES, format_arguments
 log = logging.getLogger("tetrad.procfs")
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-_NS_FILES = {"uts": "uts", "ipc": "ipc", "mnt": "mnt", "pid": "pid",
-             "pid_for_children": "pid_for_children", "net": "net", "time": "time",
-             "time_for_children": "time_for_children", "cgroup": "cgroup", "user": "user"}
 
 
 class ProcInfo:
@@ -79,15 +76,20 @@ def read_process(procfs: str, pid: int, cgroup_root: str = "") -> ProcInfo | Non
         info.flags |= pflags.ROOT_CWD
     argv = cmdline.rstrip(b"\0").split(b"\0") if cmdline else []
     info.argv = [a.decode("utf-8", "replace") for a in argv[1:]]
-    ns = []
-    for name in NAMESPACE_NAMES:
-        try:
-            ns.append(os.stat(f"{base}/ns/{_NS_FILES[name]}").st_ino)
-        except OSError:
-            ns.append(0)
-    info.ns = tuple(ns)
+    info.ns = namespaces_of(procfs, pid)
     info.cgroup_id = cgroup_id_of(procfs, pid, cgroup_root)
     return info
+
+
+def namespaces_of(procfs: str, pid) -> tuple:
+    """Namespace inodes of a process in NAMESPACE_NAMES order (0: absent)."""
+    out = []
+    for name in NAMESPACE_NAMES:
+        try:
+            out.append(os.stat(f"{procfs}/{pid}/ns/{name}").st_ino)
+        except OSError:
+            out.append(0)
+    return tuple(out)
 
 
 def _parse_status(text: str) -> dict[str, str]:
