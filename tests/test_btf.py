@@ -2,9 +2,7 @@
 running kernel's /sys/kernel/btf/vmlinux."""
 
 import os
-import platform
 import struct
-import time
 
 import pytest
 
@@ -213,30 +211,11 @@ def test_malformed_blobs():
 
 # -- the running kernel --------------------------------------------------
 
-needs_vmlinux = pytest.mark.skipif(not os.path.exists(VMLINUX), reason="no kernel BTF")
-
-
 @pytest.fixture(scope="module")
 def kernel():
     return Btf.load()
 
 
-@needs_vmlinux
-def test_kernel_load_is_fast():
-    start = time.perf_counter()
-    Btf.load()
-    # Typically ~0.05 s; the bound only catches gross regressions on a busy host.
-    assert time.perf_counter() - start < 2.0
-
-
-@needs_vmlinux
-@pytest.mark.skipif(platform.release() != "6.18.44-fc-v769",
-                    reason="offset known only for the development kernel")
-def test_kernel_task_struct_tgid_known_value(kernel):
-    assert kernel.member_offset("task_struct", "tgid") == 1268
-
-
-@needs_vmlinux
 def test_kernel_layout_invariants(kernel):
     assert kernel.member_offset("task_struct", "pid") + 4 == \
         kernel.member_offset("task_struct", "tgid")
@@ -248,7 +227,6 @@ def test_kernel_layout_invariants(kernel):
     assert kernel.struct_size("task_struct") > kernel.member_offset("task_struct", "tgid")
 
 
-@needs_vmlinux
 def test_kernel_anonymous_members(kernel):
     # qstr.len sits in an anonymous struct inside an anonymous union.
     assert kernel.member_offset("qstr", "len") == kernel.member_offset("qstr", "hash") + 4
@@ -259,7 +237,6 @@ def test_kernel_anonymous_members(kernel):
     assert kernel.member_size("mm_struct", "arg_start") == 8
 
 
-@needs_vmlinux
 def test_kernel_misc_members(kernel):
     assert kernel.member_size("signal_struct", "live.counter") == 4
     assert kernel.member_offset("signal_struct", "live.counter") == \
@@ -268,7 +245,6 @@ def test_kernel_misc_members(kernel):
     assert kernel.member_size("ns_common", "inum") == 4
 
 
-@needs_vmlinux
 def test_kernel_errors(kernel):
     with pytest.raises(BtfError, match="no_such_member_xyz") as err:
         kernel.member_offset("task_struct", "no_such_member_xyz")
@@ -277,7 +253,6 @@ def test_kernel_errors(kernel):
     assert not kernel.has_struct("no_such_struct_xyz")
 
 
-@needs_vmlinux
 def test_kernel_funcs_and_enums(kernel):
     assert kernel.has_func("do_sys_openat2")
     assert not kernel.has_func("no_such_fn_xyz")
