@@ -1,7 +1,6 @@
 """Tests for tetrad.btf: a hand-built blob (kernel independent) and the
 running kernel's /sys/kernel/btf/vmlinux."""
 
-import os
 import struct
 
 import pytest
@@ -11,7 +10,6 @@ from tetrad.btf import (ARRAY, CONST, DATASEC, DECL_TAG, ENUM, ENUM64, FLOAT,
                         TYPE_TAG, TYPEDEF, UNION, VAR, VOLATILE, Btf, BtfError,
                         resolve_offsets)
 
-VMLINUX = "/sys/kernel/btf/vmlinux"
 
 
 class BlobBuilder:
