@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 
 from .events import EventBuilder
 from .process import flags as pflags
@@ -30,7 +29,6 @@ class Observer:
         self.sink = sink
         self.containers = containers
         self.node = builder.node_name
-        self.counts: Counter[str] = Counter()
 
     # -- records from the kernel -------------------------------------------
     def handle(self, rec: TaskRecord) -> None:
@@ -104,6 +102,6 @@ class Observer:
         return proc
 
     def emit(self, kind: str, built: tuple[dict, str]) -> None:
-        """`built` is (event dict, its JSON line) from the EventBuilder."""
-        self.counts[kind] += 1
+        """`built` is (event dict, its JSON line) from the EventBuilder;
+        the daemon's sink counts, filters and exports it."""
         self.sink(kind, *built)

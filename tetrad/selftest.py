@@ -11,7 +11,7 @@ import os
 import time
 
 from .process.model import NAMESPACE_NAMES
-from .process.procfs import cgroup_id_of
+from .process.procfs import cgroup_id_of, namespaces_of, parse_status
 from .sensors.records import RECORD_SELFTEST, TaskRecord
 
 
@@ -28,11 +28,8 @@ def own_pid(procfs: str = "/proc") -> int:
 def expected_identity(cgroup_root: str, procfs: str = "/proc") -> dict:
     """What /proc (`procfs`) says about this process."""
     pid = own_pid(procfs)
-    status = {}
     with open(f"{procfs}/self/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            status[k] = v.strip()
+        status = parse_status(f.read())
     try:
         with open(f"{procfs}/self/loginuid") as f:
             auid = int(f.read())
@@ -40,12 +37,8 @@ def expected_identity(cgroup_root: str, procfs: str = "/proc") -> dict:
         auid = 0xFFFFFFFF
     with open(f"{procfs}/self/cmdline", "rb") as f:
         cmdline = f.read()
-    ns = []
-    for name in NAMESPACE_NAMES:
-        try:
-            ns.append(os.stat(f"{procfs}/self/ns/{name}").st_ino)
-        except OSError:
-            ns.append(None)   # namespace type absent: not compared
+    # a namespace type this kernel lacks (inode 0) is not compared
+    ns = [inum or None for inum in namespaces_of(procfs, "self")]
     return {
         "pid": pid,
         "ppid": int(status["PPid"]),

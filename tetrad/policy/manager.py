@@ -10,6 +10,7 @@ replaced policy's new programs are attached before the old ones are closed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -53,7 +54,6 @@ def policy_mode(policy: Policy) -> str:
 def _monitor_only(policy: Policy) -> tuple[Policy, dict]:
     """Monitor mode for the tracing program: Sigkill/Signal become Post, and
     what was not done is remembered per (hook, selector) for the events."""
-    import dataclasses
     hooks, monitored = [], {}
     for h, hook in enumerate(policy.hooks):
         selectors = []

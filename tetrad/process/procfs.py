@@ -49,7 +49,7 @@ def read_process(procfs: str, pid: int, cgroup_root: str = "") -> ProcInfo | Non
     info.ppid = ppid
     info.ktime = starttime * 1_000_000_000 // CLK_TCK
     info.flags = pflags.PROCFS
-    st = _parse_status(status)
+    st = parse_status(status)
     uids = st.get("Uid", "0 0 0 0").split()
     gids = st.get("Gid", "0 0 0 0").split()
     info.uid = int(uids[0])
@@ -92,7 +92,7 @@ def namespaces_of(procfs: str, pid) -> tuple:
     return tuple(out)
 
 
-def _parse_status(text: str) -> dict[str, str]:
+def parse_status(text: str) -> dict[str, str]:
     out = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
