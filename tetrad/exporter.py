@@ -66,6 +66,16 @@ class Exporter(abc.ABC):
     def stats(self) -> dict:
         """Counters for metrics and status output."""
 
+    def _counters(self, where: str) -> dict:
+        """The counters every destination keeps (caller holds its lock)."""
+        return {
+            "path": where,
+            "lines_written": self._lines_written,
+            "bytes_written": self._bytes_written,
+            "lines_lost": self._lines_lost,
+            "write_errors": self._write_errors,
+        }
+
     def __enter__(self):
         return self
 
@@ -205,14 +215,7 @@ class RotatingFileExporter(Exporter):
 
     def stats(self) -> dict:
         with self._lock:
-            return {
-                "path": self.path,
-                "lines_written": self._lines_written,
-                "bytes_written": self._bytes_written,
-                "lines_lost": self._lines_lost,
-                "rotations": self._rotations,
-                "write_errors": self._write_errors,
-            }
+            return {**self._counters(self.path), "rotations": self._rotations}
 
     # -- file handling (caller holds self._lock) ----------------------------
 
@@ -487,13 +490,7 @@ class StreamExporter(Exporter):
 
     def stats(self) -> dict:
         with self._lock:
-            return {
-                "path": self.name,
-                "lines_written": self._lines_written,
-                "bytes_written": self._bytes_written,
-                "lines_lost": self._lines_lost,
-                "write_errors": self._write_errors,
-            }
+            return self._counters(self.name)
 
     def _fail(self, error: OSError, lost: int) -> None:
         self._write_errors += 1

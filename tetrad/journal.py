@@ -190,15 +190,8 @@ class JournalExporter(Exporter):
 
     def stats(self) -> dict:
         with self._lock:
-            return {
-                "path": self.path,
-                "lines_written": self._lines_written,
-                "bytes_written": self._bytes_written,
-                "lines_lost": self._lines_lost,
-                "write_errors": self._write_errors,
-                "backlog": len(self._backlog),
-                "render_errors": self._render_errors,
-            }
+            return {**self._counters(self.path), "backlog": len(self._backlog),
+                    "render_errors": self._render_errors}
 
     # -- delivery (caller holds self._lock) ----------------------------------
 
