@@ -332,6 +332,8 @@ class Daemon:
             "api": self.api.stats() if self.api else {},
             "containerd": containerd.status() if hasattr(containerd, "status") else None,
             "lost_in_kernel": self.sensor.lost() if self.sensor else {},
+            # policy records handled, undecodable (dropped, so counted here), enforced
+            "policy_records": dict(self.policy_manager.counts) if self.policy_manager else {},
             "process_cache": self.cache.stats(),
             "containers": self.containers.stats() if self.containers else {},
             "exporters": self.exporters.stats() if self.exporters else {},
