@@ -20,6 +20,7 @@
 
 #define ACTION_DENY    1   /* refuse with EPERM, report */
 #define ACTION_MONITOR 2   /* report what would have been refused, allow */
+#define ACTION_KILL    3   /* refuse, report, and SIGKILL the caller as the call returns */
 
 #define HOOK_CONNECT     (1u << 0)
 #define HOOK_SENDMSG     (1u << 1)
@@ -87,6 +88,7 @@ struct binary_key {
 };
 BPF_HASH(binary_scope, struct binary_key, u64, 1024);  /* exec'd path -> rule bits */
 BPF_PERCPU_ARRAY(scratch_key, struct binary_key, 1);
+BPF_HASH(kill_pending, u32, u8, 4096);          /* tid -> refused by an ACTION_KILL rule */
 
 /* Branch-free comparisons keep the verifier's work linear in the rules. */
 static __always_inline int cidr_match(const struct cidr *c, const u32 *addr, u32 family)
@@ -182,9 +184,27 @@ static __always_inline int decide(u32 hook, u32 family, u32 type, u32 protocol, 
             if (n)
                 __sync_fetch_and_add(n, 1);
         }
-        return r->action == ACTION_DENY ? 0 : 1;
+        if (r->action == ACTION_KILL) {
+            u32 tid = (u32)pid_tgid;
+            u8 one = 1;
+            kill_pending.update(&tid, &one);
+        }
+        return r->action == ACTION_MONITOR ? 1 : 0;
     }
     return 1;
+}
+
+/* Sigkill: the caller is killed as the refused call returns, before it runs
+ * another instruction of its own.  A cgroup program cannot send signals, so
+ * it marks the thread and the syscall's exit tracepoint sends SIGKILL. */
+static __always_inline int kill_if_refused(void)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    if (kill_pending.lookup(&tid)) {
+        kill_pending.delete(&tid);
+        bpf_send_signal(9);
+    }
+    return 0;
 }
 
 static __always_inline int on_addr4(struct bpf_sock_addr *ctx, u32 hook)
@@ -220,6 +240,14 @@ int sock_create(struct bpf_sock *sk)
 {
     return decide(HOOK_SOCK_CREATE, sk->family, sk->type, sk->protocol, 0, 0);
 }
+
+/* the calls whose refusal the programs above decide (connect4/6 also run for
+ * sendto/sendmsg with MSG_FASTOPEN) */
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) { return kill_if_refused(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return kill_if_refused(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return kill_if_refused(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return kill_if_refused(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_socket) { return kill_if_refused(); }
 
 /* Binary scope: set a process's rule bits from the path it exec'd, so that
  * matchBinaries is decided in the kernel before the program's first call. */
@@ -270,6 +298,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     u32 pid = 0, tgid = 0;
     READ_MEMBER(pid, task, task_struct, pid);
     READ_MEMBER(tgid, task, task_struct, tgid);
+    kill_pending.delete(&pid);   /* refused where no exit tracepoint follows (io_uring) */
     if (pid == tgid) {
         exec_scope.delete(&tgid);
         pid_scope.delete(&tgid);

@@ -28,9 +28,9 @@ import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 try:
     s.connect(("127.0.0.1", int(sys.argv[1])))
-    print("connected")
+    print("connected", flush=True)
 except OSError as e:
-    print("errno", e.errno)
+    print("errno", e.errno, flush=True)   # flushed: a caller not killed in time shows
 """
 
 
@@ -131,7 +131,7 @@ def test_monitor_mode_from_the_policy_and_sigkill_on_sys_connect(tmp_path, scope
         assert {p["name"]: p["state"] for p in status(d)["policies"]} == {
             "kill-connect": "loaded", "watch-connect": "loaded"}
         rc, out = run(scoped_python, port)
-        assert rc == -9 and out in ("", f"errno {errno.EPERM}")        # refused, then killed
+        assert (rc, out) == (-9, "")      # refused, and killed as connect() returned: no print
         assert run(other, port) == (0, "connected")                     # monitor: allowed
         time.sleep(0.2)
         assert accepted(listener) == 1

@@ -284,7 +284,7 @@ def test_hook_backend_flag_forces_the_engine_unless_the_policy_says_otherwise():
     f = features_mod.detect(quick=True)
     f.kprobes = f.kretprobes = False
     [policy] = loader.load_file(REPO_EXAMPLES / "sys_read_follow_prefix.yaml", "sys_read_follow_prefix.yaml")
-    _, plans, _, _ = manager.prepare(policy, f, default_backend="tracepoint")
+    _, plans, _, _, _ = manager.prepare(policy, f, default_backend="tracepoint")
     assert {p.backend for p in plans} <= {"syscall-tracepoints", "tracepoint-equivalent"}
     with pytest.raises(hooks.PlanError, match="kprobe forced, but this kernel has no kprobes"):
         manager.prepare(policy, f, default_backend="kprobe")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from ..policy.events import FAMILY, PROTOCOL, SOCK_TYPE
 from ..timefmt import rfc3339
+from .devices import OPEN_CALLS
+from .network import call_name
 from .sock import ACTION_MONITOR, SockVerdict
 
 MONITOR_NOTE = "monitor mode: not enforced"
@@ -13,12 +15,28 @@ MONITOR_NOTE = "monitor mode: not enforced"
 
 def verdict_event(v: SockVerdict, rule, policy, hook, builder, proc, parent) -> tuple[str, dict]:
     """`rule` is the tetrad.enforce.network.NetworkRule the verdict came from."""
+    return _event(v, rule, _args(v, rule.call), policy, hook, builder, proc, parent)
+
+
+def device_event(v, spec, policy, hook, builder, proc, parent) -> tuple[str, dict]:
+    """A refused (or, in monitor mode, reported) open of a device node; `spec`
+    is the tetrad.enforce.devices.DeviceRuleSpec the verdict came from.  The
+    one argument is the path: the node the policy's path resolved to for that
+    device (the kernel judges device numbers, not names)."""
+    index = OPEN_CALLS.get(call_name(hook.name), 0)
+    arg_type = next((a.type for a in hook.args if a.index == index), "string")
+    path = spec.paths.get(v.device, "")
+    args = [{"string_arg": path} if arg_type == "string" else {f"{arg_type}_arg": {"path": path}}]
+    return _event(v, spec, args, policy, hook, builder, proc, parent)
+
+
+def _event(v, rule, args, policy, hook, builder, proc, parent) -> tuple[str, dict]:
     body: dict = {}
     body["process"] = builder.process_json(proc) if proc is not None else {"pid": v.pid, "tid": v.tid}
     if parent is not None:
         body["parent"] = builder.process_json(parent)
     body["function_name"] = hook.name
-    body["args"] = _args(v, rule.call)
+    body["args"] = args
     monitor = v.action == ACTION_MONITOR
     if not monitor and not rule.kill:
         body["return"] = {"int_arg": -rule.errno}

@@ -20,7 +20,7 @@ import socket
 import dataclasses
 from dataclasses import dataclass
 
-from .sock import (ACTION_DENY, ACTION_MONITOR, HOOK_CONNECT, HOOK_SENDMSG, HOOK_SOCK_CREATE,
+from .sock import (ACTION_DENY, ACTION_KILL, ACTION_MONITOR, HOOK_CONNECT, HOOK_SENDMSG, HOOK_SOCK_CREATE,
                    MAX_ADDRS, MAX_PORTS, SockRule)
 
 # hook call -> (cgroup hook, index of the argument that carries the address or socket)
@@ -112,6 +112,8 @@ def _rule(hook, h: int, s: int, monitor: bool) -> NetworkRule:
             kill = True
         elif act.get("action") == "Override":
             err = abs(int(act.get("argError", -1)))
+    if kill and not monitor:
+        rule.action = ACTION_KILL
     return NetworkRule(h, s, hook.name, rule, kill, err)
 
 
@@ -182,14 +184,16 @@ def _pids(rule: SockRule, match: dict, where: str) -> None:
     rule.pids |= {int(v) for v in match.get("values") or ()}
 
 
-def tracing_part(policy):
-    """`policy` without its enforcing network selectors, which the cgroup
-    programs both decide and report; a hook left with none is dropped (a hook
-    without selectors would match everything).  Returns the policy itself when
-    nothing is enforced on network calls."""
+def tracing_part(policy, also=frozenset()):
+    """`policy` without its enforcing network selectors and the (hook index,
+    selector index) pairs in `also` (device rules), which the cgroup programs
+    both decide and report; a hook left with none is dropped (a hook without
+    selectors would match everything).  Returns the policy itself when nothing
+    is enforced by cgroup BPF."""
     hooks, changed = [], False
-    for hook in policy.hooks:
+    for h, hook in enumerate(policy.hooks):
         enforcing = set(enforcing_selectors(hook)) if hook.kind == "kprobe" and is_network_call(hook.name) else set()
+        enforcing |= {s for hh, s in also if hh == h}
         if not enforcing:
             hooks.append(hook)
             continue
@@ -200,18 +204,24 @@ def tracing_part(policy):
     return dataclasses.replace(policy, hooks=hooks) if changed else policy
 
 
-def unenforceable_overrides(policy, features) -> list[str]:
-    """Reasons why Override on other hooks cannot be honoured here."""
+def unenforceable_overrides(policy, features, devices=frozenset(), not_devices=None) -> list[str]:
+    """Reasons why Override on other hooks cannot be honoured here.  `devices`:
+    (hook index, selector index) pairs that are device rules; `not_devices`:
+    for other selectors on open hooks, why they are not."""
     reasons = []
-    for hook in policy.hooks:
+    for h, hook in enumerate(policy.hooks):
         if hook.kind == "kprobe" and is_network_call(hook.name):
             continue
         for s, sel in enumerate(hook.selectors):
+            if (h, s) in devices:
+                continue
             if any(a.get("action") == "Override" for a in sel.get("matchActions") or ()):
                 where = f"{hook.path}.selectors[{s}].matchActions"
+                why = (not_devices or {}).get((h, s))
                 if not (features.bpf_lsm or features.override_return):
                     reasons.append(f"{where}: Override on {hook.name!r} needs BPF LSM or kprobe "
-                                   "override; this kernel has neither")
+                                   "override; this kernel has neither" +
+                                   (f" (cgroup BPF refuses device opens only: {why})" if why else ""))
                 else:
                     reasons.append(f"{where}: Override on {hook.name!r} is not implemented by "
                                    "tetrad's kprobe backend yet (only network calls, through "

@@ -30,6 +30,7 @@ BINARY_KEY_LEN = 256
 
 ACTION_DENY = 1
 ACTION_MONITOR = 2
+ACTION_KILL = 3        # deny, and SIGKILL the caller as its call returns (in the kernel)
 
 HOOK_CONNECT = 1 << 0
 HOOK_SENDMSG = 1 << 1
@@ -158,6 +159,7 @@ class SockVerdict:
 
 
 class SockEnforcer:
+    SOURCE = "enforce_sock.c"
     PROGRAMS = (
         ("connect4", links.CGROUP_INET4_CONNECT, "CGROUP_SOCK_ADDR"),
         ("connect6", links.CGROUP_INET6_CONNECT, "CGROUP_SOCK_ADDR"),
@@ -171,7 +173,7 @@ class SockEnforcer:
         """`on_verdict(SockVerdict)`, if given, receives each record as it is
         consumed; otherwise they are collected for `poll()`."""
         from bcc import BPF
-        self.bpf = compile_program("enforce_sock.c", {
+        self.bpf = compile_program(self.SOURCE, {
             **macros, "RB_PAGES": rb_pages, "MAX_RULES": MAX_RULES,
             "EXEMPT_TGID": os.getpid() if exempt_tgid is None else exempt_tgid})
         self.rules: dict[int, SockRule] = {}
@@ -193,6 +195,15 @@ class SockEnforcer:
         self.bpf[b"events"].open_ring_buffer(self._on_record)
 
     def _on_record(self, _ctx, data, size):
+        verdict = self._decode(data)
+        if self._on_verdict is not None:
+            self._on_verdict(verdict)
+        else:
+            self._verdicts.append(verdict)
+        return 0
+
+    @staticmethod
+    def _decode(data) -> SockVerdict:
         r = ctypes.cast(data, ctypes.POINTER(_Record)).contents
         family = r.family
         raw = bytes(r.daddr)
@@ -202,13 +213,8 @@ class SockEnforcer:
             daddr = str(ipaddress.IPv4Address(raw[:4]))
         else:
             daddr = str(ipaddress.IPv6Address(raw))
-        verdict = SockVerdict(r.ktime, r.pid, r.tid, r.rule, HOOK_NAMES.get(r.hook, "?"),
-                              r.action, family, r.type_, r.protocol, daddr, r.dport, r.cgroup_id)
-        if self._on_verdict is not None:
-            self._on_verdict(verdict)
-        else:
-            self._verdicts.append(verdict)
-        return 0
+        return SockVerdict(r.ktime, r.pid, r.tid, r.rule, HOOK_NAMES.get(r.hook, "?"),
+                           r.action, family, r.type_, r.protocol, daddr, r.dport, r.cgroup_id)
 
     # -- rules -------------------------------------------------------------
     def free_slots(self) -> list[int]:
@@ -240,7 +246,7 @@ class SockEnforcer:
         self.rules[slot] = rule
 
     def clear_rule(self, slot: int) -> None:
-        self.bpf[b"rules"][ctypes.c_int(slot)] = _Rule()
+        self.bpf[b"rules"][ctypes.c_int(slot)] = self.bpf[b"rules"].Leaf()
         self._clear_scope(1 << slot)
         self.rules.pop(slot, None)
 

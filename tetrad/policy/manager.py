@@ -15,14 +15,15 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..enforce import devices as enforce_dev
 from ..enforce import network as enforce_net
-from ..enforce.events import MONITOR_NOTE, verdict_event
-from ..enforce.sock import ACTION_DENY, SockEnforcer
+from ..enforce.devcgroup import DeviceEnforcer
+from ..enforce.events import MONITOR_NOTE, device_event, verdict_event
+from ..enforce.sock import SockEnforcer
 from . import hooks as hooks_mod
 from . import loader
 from .events import PolicyEvents, decode
@@ -86,6 +87,8 @@ class Entry:
     full_policy: Policy | None = None   # as written; `policy` is what the tracing program runs
     net_rules: list = field(default_factory=list)   # enforce_net.NetworkRule, by cgroup BPF
     slots: list = field(default_factory=list)       # their rule slots in the enforcer
+    dev_rules: list = field(default_factory=list)   # enforce_dev.DeviceRuleSpec, by cgroup BPF
+    dev_slots: list = field(default_factory=list)   # their rule slots in the device enforcer
     monitored: dict = field(default_factory=dict)   # (hook, selector) -> action not taken
     loaded: bool = False
 
@@ -99,9 +102,12 @@ class Entry:
 def prepare(policy: Policy, features, mode: str = "enforce", default_backend: str = "auto"):
     """How `policy` runs on this kernel: (the tracing program's policy, its
     hook plans, the cgroup BPF network rules, the actions monitor mode does
-    not take).  PlanError or EnforcementError if it cannot run as written:
-    prevention this kernel cannot give is refused, never downgraded to watching."""
-    reasons = enforce_net.unenforceable_overrides(policy, features)
+    not take, the cgroup BPF device rules).  PlanError or EnforcementError if
+    it cannot run as written: prevention this kernel cannot give is refused,
+    never downgraded to watching."""
+    dev_rules, not_devices = enforce_dev.device_rules(policy, monitor=mode == "monitor")
+    devices = {(r.hook_index, r.selector_index) for r in dev_rules}
+    reasons = enforce_net.unenforceable_overrides(policy, features, devices, not_devices)
     if reasons:
         raise hooks_mod.PlanError("; ".join(reasons))
     net_rules = enforce_net.network_rules(policy, monitor=mode == "monitor")
@@ -109,7 +115,7 @@ def prepare(policy: Policy, features, mode: str = "enforce", default_backend: st
         raise hooks_mod.PlanError(
             "Override/Sigkill on network calls needs cgroup BPF (sock_addr programs), which "
             "this kernel refused: " + features.notes.get("cgroup_sock_addr", "unknown reason"))
-    tracing = enforce_net.tracing_part(policy)
+    tracing = enforce_net.tracing_part(policy, devices)
     monitored: dict = {}
     if mode == "monitor":
         tracing, monitored = _monitor_only(tracing)
@@ -120,7 +126,7 @@ def prepare(policy: Policy, features, mode: str = "enforce", default_backend: st
                                       "such backend yet (kprobe or tracepoint)")
         force = default_backend
     plans = [hooks_mod.plan(h, features, force) for h in tracing.hooks]
-    return tracing, plans, net_rules, monitored
+    return tracing, plans, net_rules, monitored, dev_rules
 
 
 class PolicyManager:
@@ -145,6 +151,8 @@ class PolicyManager:
         self.counts = {"events": 0, "decode_errors": 0, "enforced": 0}
         self.enforcer: SockEnforcer | None = None
         self._slot_owner: dict[int, tuple[Entry, object]] = {}
+        self.dev_enforcer: DeviceEnforcer | None = None
+        self._dev_slot_owner: dict[int, tuple[Entry, object]] = {}
         self._modes: dict[str, str] = {}      # set-mode, over the policy's own option
         self._entry_of: dict[int, Entry] = {}
         self.watcher: DirectoryWatcher | None = None
@@ -170,6 +178,9 @@ class PolicyManager:
         if self.enforcer is not None:
             self.poller.unregister(self.enforcer.fileno())
             self.enforcer.close()   # its BPF links go with it: nothing stays blocked
+        if self.dev_enforcer is not None:
+            self.poller.unregister(self.dev_enforcer.fileno())
+            self.dev_enforcer.close()
         if self.watcher is not None:
             self.poller.unregister(self.watcher.fileno())
             self.watcher.close()
@@ -198,7 +209,7 @@ class PolicyManager:
                                   "attach": [f"{k} {t}" for k, t, _ in p.attach],
                                   **({"note": p.note} if p.note else {})}
                                  for h, p in zip(e.policy.hooks, e.plans)]
-            if e.net_rules:
+            if e.net_rules or e.dev_rules:
                 item.setdefault("hooks", []).extend(self._enforcement_lines(e))
             if e.program is not None:
                 item["lost"] = e.program.lost()
@@ -256,7 +267,7 @@ class PolicyManager:
             if e.name == name and e.loaded:
                 if e.program is not None:
                     e.program.set_enabled(enabled)
-                if e.net_rules:
+                if e.net_rules or e.dev_rules:
                     if enabled:
                         self._enforce(e)
                     else:
@@ -268,7 +279,7 @@ class PolicyManager:
 
     def lost(self) -> int:
         lost = sum(e.program.lost() for e in self.entries if e.program is not None)
-        return lost + (self.enforcer.lost() if self.enforcer is not None else 0)
+        return lost + sum(x.lost() for x in (self.enforcer, self.dev_enforcer) if x is not None)
 
     def set_mode(self, name: str, mode: str) -> bool:
         """`tetrad tracingpolicy set-mode NAME enforce|monitor`: reload the
@@ -295,6 +306,13 @@ class PolicyManager:
                 "refused with EPERM before the call" + (", then the caller is killed" if nr.kill else ""))
             out.append({"hook": f"kprobe {nr.call} (selector {nr.selector_index})",
                         "backend": "cgroup-bpf", "attach": [targets[what]], "note": done})
+        for dr in e.dev_rules:
+            done = "reported, not refused (monitor mode)" if e.mode == "monitor" else (
+                f"opening refused with EPERM for {len(dr.paths)} device(s) named now"
+                + (", then the caller is killed" if dr.kill else ""))
+            out.append({"hook": f"kprobe {dr.call} (selector {dr.selector_index})",
+                        "backend": "cgroup-bpf", "attach": ["cgroup device"], "note": done,
+                        "devices": sorted(dr.paths.values())})
         return out
 
     # -- internals ------------------------------------------------------------
@@ -323,7 +341,7 @@ class PolicyManager:
         entry = Entry(file, doc, policy.name, digest, policy=policy, source=source, full_policy=policy)
         try:
             entry.mode = self._modes.get(policy.name) or policy_mode(policy)
-            entry.policy, entry.plans, entry.net_rules, entry.monitored = prepare(
+            entry.policy, entry.plans, entry.net_rules, entry.monitored, entry.dev_rules = prepare(
                 policy, self.features, entry.mode, self.default_backend)
         except (hooks_mod.PlanError, enforce_net.EnforcementError) as e:
             entry.error = f"{policy.where}: {e}"
@@ -354,17 +372,18 @@ class PolicyManager:
 
     def _load(self, e: Entry) -> None:
         started = time.monotonic()
-        if e.net_rules:
+        if e.net_rules or e.dev_rules:
             try:
                 self._enforce(e)
             except Exception as err:   # BCC's bare Exception included: the daemon keeps running
                 e.error = f"{e.full_policy.where}: cannot enforce: {' '.join(str(err).split())}"
                 log.error("policy %s not loaded: %s", e.name, e.error)
+                self._release_slots(e)
                 return
         if not e.policy.hooks:   # everything it says is enforced by cgroup BPF
             e.loaded = True
             log.info("policy %s loaded from %s (%s mode): %d cgroup BPF rule(s)", e.name, e.file,
-                     e.mode, len(e.net_rules))
+                     e.mode, len(e.net_rules) + len(e.dev_rules))
             return
         try:
             program = PolicyProgram(e.policy, e.plans, self.macros, self.rb_pages,
@@ -428,6 +447,10 @@ class PolicyManager:
 
     # -- prevention by cgroup BPF ---------------------------------------------
     def _enforce(self, e: Entry) -> None:
+        if e.dev_rules:
+            self._enforce_devices(e)
+        if not e.net_rules:
+            return
         if self.enforcer is None:
             self.enforcer = SockEnforcer(self.features.cgroup_v2_root, self.macros,
                                          on_verdict=self._on_verdict)
@@ -447,22 +470,52 @@ class PolicyManager:
             self.enforcer.clear_rule(slot)
             self._slot_owner.pop(slot, None)
         e.slots = []
+        for slot in e.dev_slots:
+            self.dev_enforcer.clear_rule(slot)
+            self._dev_slot_owner.pop(slot, None)
+        e.dev_slots = []
+
+    def _enforce_devices(self, e: Entry) -> None:
+        if self.dev_enforcer is None:
+            self.dev_enforcer = DeviceEnforcer(self.features.cgroup_v2_root, self.macros,
+                                               on_verdict=self._on_device_verdict)
+            self.poller.register(self.dev_enforcer.fileno(), self.dev_enforcer.consume)
+        free = self.dev_enforcer.free_slots()
+        if len(free) < len(e.dev_rules):
+            raise ValueError(f"{len(e.dev_rules)} device rules do not fit: {len(free)} of "
+                             "the device enforcer's rule slots are free")
+        running = {pid: p.binary for pid, p in self.cache.by_pid.items()}
+        for slot, dr in zip(free, e.dev_rules):
+            self.dev_enforcer.set_rule(slot, dr.rule, running)
+            self._dev_slot_owner[slot] = (e, dr)
+            e.dev_slots.append(slot)
+
+    def _on_device_verdict(self, v) -> None:
+        owner = self._dev_slot_owner.get(v.rule)
+        if owner is None:
+            return
+        e, dr = owner
+        proc, parent = self._process(v.pid)
+        hook = e.full_policy.hooks[dr.hook_index]
+        kind, event = device_event(v, dr, e.full_policy, hook, self.builder, proc, parent)
+        self.counts["enforced"] += 1
+        self.emit(kind, (event, _encode(event)))
+
+    def _process(self, pid: int):
+        """The process (and parent) a refused call came from; Sigkill's kill
+        was sent in the kernel as the call returned (ACTION_KILL)."""
+        proc = self.cache.find(pid)
+        if proc is None:
+            self.sync_processes()
+            proc = self.cache.find(pid)
+        return proc, (self.cache.parent_of(proc) if proc is not None else None)
 
     def _on_verdict(self, v) -> None:
         owner = self._slot_owner.get(v.rule)
         if owner is None:
             return
         e, nr = owner
-        if nr.kill and v.action == ACTION_DENY:
-            try:   # the call is already refused; Sigkill also ends the caller
-                os.kill(v.pid, signal.SIGKILL)
-            except OSError:
-                pass
-        proc = self.cache.find(v.pid)
-        if proc is None:
-            self.sync_processes()
-            proc = self.cache.find(v.pid)
-        parent = self.cache.parent_of(proc) if proc is not None else None
+        proc, parent = self._process(v.pid)
         hook = e.full_policy.hooks[nr.hook_index]
         kind, event = verdict_event(v, nr, e.full_policy, hook, self.builder, proc, parent)
         self.counts["enforced"] += 1
