@@ -228,3 +228,64 @@ def test_sigkill_table(killer, tmp_path):
     kills = [e for e in settle(d) if e.get("process_kprobe", {}).get("action") == "KPROBE_ACTION_SIGKILL"]
     assert {e["process_kprobe"]["policy_name"] for e in kills} >= {"kill-exec", "kill-write", "kill-creat",
                                                                   "kill-unlink"}
+
+
+# -- socket creation by family/type through the daemon (cgroup sock_create) ---
+
+SOCKETS = r"""
+import socket, sys
+for fam, typ in ((socket.AF_INET6, socket.SOCK_DGRAM), (socket.AF_INET6, socket.SOCK_STREAM),
+                 (socket.AF_INET, socket.SOCK_DGRAM)):
+    try:
+        socket.socket(fam, typ).close()
+        print("ok", end=" ", flush=True)
+    except OSError as e:
+        print("errno", e.errno, end=" ", flush=True)
+"""
+
+
+def socket_policy(name, call, exe, matches, action="Override"):
+    act = "- action: Override\n        argError: -1" if action == "Override" else f"- action: {action}"
+    args = "".join(f"      - index: {i}\n        operator: Equal\n        values: [\"{v}\"]\n" for i, v in matches)
+    return (HEAD.format(name=name, options="") +
+            f"  - call: {call}\n    syscall: {'true' if call.startswith('sys_') else 'false'}\n"
+            f"    args:\n    - index: 0\n      type: int\n    - index: 1\n      type: int\n"
+            f"    - index: 2\n      type: int\n"
+            f"    selectors:\n    - matchBinaries:\n      - operator: In\n        values: [\"{exe}\"]\n"
+            f"      matchArgs:\n{args}      matchActions:\n      {act}\n")
+
+
+def test_socket_creation_by_family_and_type_is_refused_through_the_daemon(tmp_path, scoped_python):
+    killed = scoped_python + "-kill"
+    shutil.copy(scoped_python, killed)
+    d = start_with_policies(tmp_path / "d", {
+        "udp6.yaml": socket_policy("no-udp6", "sys_socket", scoped_python, [(0, "10"), (1, "2")]),
+        "kill.yaml": socket_policy("kill-udp4", "security_socket_create", killed, [(0, "2"), (1, "2")],
+                                   action="Sigkill"),
+        "unix.yaml": socket_policy("no-unix", "sys_socket", scoped_python, [(0, "1")]),
+        "any.yaml": socket_policy("no-family", "sys_socket", scoped_python, [(1, "2")]),
+    })
+    try:
+        pols = {p["name"]: p for p in status(d)["policies"]}
+        assert pols["no-udp6"]["state"] == "loaded" and pols["kill-udp4"]["state"] == "loaded", pols
+        assert [h["attach"] for h in pols["no-udp6"]["hooks"]] == [["cgroup sock_create"]]
+        # the kernel runs sock_create programs for internet sockets only: refused, with the reason
+        assert "AF_INET and AF_INET6 only" in pols["no-unix"]["error"]
+        assert "AF_INET and AF_INET6 only" in pols["no-family"]["error"]
+
+        assert run(scoped_python, code=SOCKETS) == (0, f"errno {errno.EPERM} ok ok")
+        assert run("/usr/bin/python3", code=SOCKETS) == (0, "ok ok ok")   # not the scoped binary
+        # Sigkill: the two sockets before it are made, the third refused and the caller killed
+        assert run(killed, code=SOCKETS) == (-9, "ok ok")
+        evs = d.wait_for(lambda _: len({v["policy_name"] for v in verdicts(d)}) == 2 and verdicts(d),
+                         what="both socket verdicts")
+        by_policy = {v["policy_name"]: v for v in evs}
+        deny, kill = by_policy["no-udp6"], by_policy["kill-udp4"]
+        assert deny["action"] == "KPROBE_ACTION_OVERRIDE" and deny["function_name"] == "sys_socket"
+        assert deny["args"][:2] == [{"int_arg": socket.AF_INET6}, {"int_arg": socket.SOCK_DGRAM}]
+        assert deny["return"] == {"int_arg": -errno.EPERM} and deny["process"]["binary"] == scoped_python
+        assert kill["action"] == "KPROBE_ACTION_SIGKILL" and kill["function_name"] == "security_socket_create"
+        assert kill["args"][:2] == [{"int_arg": socket.AF_INET}, {"int_arg": socket.SOCK_DGRAM}]
+    finally:
+        assert d.stop() == 0
+    assert run(scoped_python, code=SOCKETS) == (0, "ok ok ok")     # nothing stays refused

@@ -102,6 +102,10 @@ def _rule(hook, h: int, s: int, monitor: bool) -> NetworkRule:
                                    "enforcing action")
     for m, match in enumerate(sel.get("matchArgs") or ()):
         _arg(rule, match, f"{where}.matchArgs[{m}]", cgroup_hook, addr_index, hook)
+    if cgroup_hook == HOOK_SOCK_CREATE and not rule.families:
+        # the kernel runs sock_create programs from inet_create/inet6_create only
+        raise EnforcementError(f"{where}.matchArgs", "socket creation can be refused for AF_INET "
+                               "and AF_INET6 only (cgroup BPF); name them with Equal on argument 0")
     for m, match in enumerate(sel.get("matchBinaries") or ()):
         _binaries(rule, match, f"{where}.matchBinaries[{m}]")
     for m, match in enumerate(sel.get("matchPIDs") or ()):
@@ -130,6 +134,9 @@ def _arg(rule: SockRule, match: dict, where: str, cgroup_hook: int, addr_index, 
         target = (rule.families, rule.types, rule.protocols)[index]
         for v in values:
             target.add(names[v] if v in names else int(v, 0))
+        if index == 0 and not rule.families <= {socket.AF_INET, socket.AF_INET6}:
+            raise EnforcementError(f"{where}.values", "socket creation can be refused for AF_INET "
+                                   "and AF_INET6 only (cgroup BPF runs for internet sockets)")
         return
     if index != addr_index:
         raise EnforcementError(f"{where}.index", f"argument {index} of {hook.name} is not the "
