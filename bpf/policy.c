@@ -843,10 +843,13 @@ static __always_inline int run_actions(struct scratch *s, struct selector_conf *
             break;
         }
         case ACT_SIGNAL:
-            bpf_send_signal(ac->sig);
-            break;
         case ACT_SIGKILL:
-            bpf_send_signal(9);
+            if (tgid == 1) {   /* never signal init: report only, without the action */
+                if (a == 0)
+                    s->rec.action = ACT_POST;
+                break;
+            }
+            bpf_send_signal(ac->action == ACT_SIGKILL ? 9 : ac->sig);
             break;
         }
     }
