@@ -12,6 +12,7 @@
  * both; BCC rewrites map calls only in the main file, hence the copy of the
  * exec/fork/exit tracking below). */
 #include "common.h"
+#include "ns.h"
 
 #ifndef MAX_RULES
 #define MAX_RULES 16
@@ -66,6 +67,33 @@ struct binary_key {
 BPF_HASH(binary_scope, struct binary_key, u64, 1024);
 BPF_PERCPU_ARRAY(scratch_key, struct binary_key, 1);
 BPF_HASH(kill_pending, u32, u8, 4096);          /* tid -> refused by an ACTION_KILL rule */
+BPF_ARRAY(ns_in_use, u32, 1);                   /* > 0 while a rule has matchNamespaces */
+BPF_ARRAY(ns_kinds, struct ns_kind_rules, NS_KINDS);
+BPF_HASH(ns_scope, struct ns_key, u64, 1024);   /* (kind, namespace inode) -> rule bits */
+
+/* Bits of the rules whose matchNamespaces the caller satisfies (all rules
+ * when none has any); as in enforce_sock.c, see ns.h. */
+static __always_inline u64 ns_scope_bits(void)
+{
+    u32 zero = 0;
+    u32 *used = ns_in_use.lookup(&zero);
+    if (!used || !*used)
+        return ~0ull;
+    void *task = (void *)bpf_get_current_task();
+    u64 ok = ~0ull;
+#pragma unroll
+    for (u32 k = 0; k < NS_KINDS; k++) {
+        u32 kind = k;
+        struct ns_kind_rules *kr = ns_kinds.lookup(&kind);
+        if (!kr || !kr->need)
+            continue;
+        struct ns_key key = {.kind = k, .inum = read_ns(task, k)};
+        u64 *listed = ns_scope.lookup(&key);
+        u64 in = listed ? *listed : 0;
+        ok &= ~kr->need | (in ^ kr->neg);
+    }
+    return ok;
+}
 
 /* Returns 1 to allow, 0 to refuse (the opener gets EPERM). */
 int device(struct bpf_cgroup_dev_ctx *ctx)
@@ -86,6 +114,7 @@ int device(struct bpf_cgroup_dev_ctx *ctx)
     u64 *pb = pid_scope.lookup(&tgid);
     u64 *cb = cgroup_scope.lookup(&cgid);
     u64 proc_bits = (eb ? *eb : 0) | (pb ? *pb : 0), cgroup_bits = cb ? *cb : 0;
+    u64 ns_bits = ns_scope_bits();
 
 #pragma clang loop unroll(disable)
     for (u32 i = 0; i < MAX_RULES; i++) {
@@ -101,6 +130,8 @@ int device(struct bpf_cgroup_dev_ctx *ctx)
         if ((r->scope & SCOPE_NOT_PROCESS) && (proc_bits & bit))
             continue;
         if ((r->scope & SCOPE_CGROUP) && !(cgroup_bits & bit))
+            continue;
+        if (!(ns_bits & bit))
             continue;
         struct dev_record *e = events.ringbuf_reserve(sizeof(struct dev_record));
         if (e) {

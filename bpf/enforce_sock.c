@@ -10,6 +10,7 @@
  * bit is set in `exec_scope` (by binary, at exec) or `pid_scope` and/or whose
  * cgroup's bit is set in `cgroup_scope` (pods, containers). */
 #include "common.h"
+#include "ns.h"
 
 #ifndef MAX_RULES
 #define MAX_RULES 16
@@ -89,6 +90,33 @@ struct binary_key {
 BPF_HASH(binary_scope, struct binary_key, u64, 1024);  /* exec'd path -> rule bits */
 BPF_PERCPU_ARRAY(scratch_key, struct binary_key, 1);
 BPF_HASH(kill_pending, u32, u8, 4096);          /* tid -> refused by an ACTION_KILL rule */
+BPF_ARRAY(ns_in_use, u32, 1);                   /* > 0 while a rule has matchNamespaces */
+BPF_ARRAY(ns_kinds, struct ns_kind_rules, NS_KINDS);
+BPF_HASH(ns_scope, struct ns_key, u64, 1024);   /* (kind, namespace inode) -> rule bits */
+
+/* Bits of the rules whose matchNamespaces the caller satisfies (all rules
+ * when none has any); see ns.h. */
+static __always_inline u64 ns_scope_bits(void)
+{
+    u32 zero = 0;
+    u32 *used = ns_in_use.lookup(&zero);
+    if (!used || !*used)
+        return ~0ull;
+    void *task = (void *)bpf_get_current_task();
+    u64 ok = ~0ull;
+#pragma unroll
+    for (u32 k = 0; k < NS_KINDS; k++) {
+        u32 kind = k;
+        struct ns_kind_rules *kr = ns_kinds.lookup(&kind);
+        if (!kr || !kr->need)
+            continue;
+        struct ns_key key = {.kind = k, .inum = read_ns(task, k)};
+        u64 *listed = ns_scope.lookup(&key);
+        u64 in = listed ? *listed : 0;
+        ok &= ~kr->need | (in ^ kr->neg);
+    }
+    return ok;
+}
 
 /* Branch-free comparisons keep the verifier's work linear in the rules. */
 static __always_inline int cidr_match(const struct cidr *c, const u32 *addr, u32 family)
@@ -100,7 +128,7 @@ static __always_inline int cidr_match(const struct cidr *c, const u32 *addr, u32
 
 static __always_inline int rule_matches(const struct sock_rule *r, u32 hook, u32 family, u32 type,
                                         u32 protocol, const u32 *addr, u16 port, u64 proc_bits,
-                                        u64 cgroup_bits, u32 idx)
+                                        u64 cgroup_bits, u64 ns_bits, u32 idx)
 {
     if (!r->action || !(r->hooks & hook))
         return 0;
@@ -116,6 +144,8 @@ static __always_inline int rule_matches(const struct sock_rule *r, u32 hook, u32
     if ((r->scope & SCOPE_NOT_PROCESS) && (proc_bits & bit))
         return 0;
     if ((r->scope & SCOPE_CGROUP) && !(cgroup_bits & bit))
+        return 0;
+    if (!(ns_bits & bit))
         return 0;
     if (r->n_addrs) {
         if (!addr)
@@ -152,12 +182,13 @@ static __always_inline int decide(u32 hook, u32 family, u32 type, u32 protocol, 
     u64 *pb = pid_scope.lookup(&tgid);
     u64 *cb = cgroup_scope.lookup(&cgid);
     u64 proc_bits = (eb ? *eb : 0) | (pb ? *pb : 0), cgroup_bits = cb ? *cb : 0;
+    u64 ns_bits = ns_scope_bits();
 
 #pragma clang loop unroll(disable)
     for (u32 i = 0; i < MAX_RULES; i++) {
         u32 key = i;
         struct sock_rule *r = rules.lookup(&key);
-        if (!r || !rule_matches(r, hook, family, type, protocol, addr, port, proc_bits, cgroup_bits, i))
+        if (!r || !rule_matches(r, hook, family, type, protocol, addr, port, proc_bits, cgroup_bits, ns_bits, i))
             continue;
         struct sock_record *e = events.ringbuf_reserve(sizeof(struct sock_record));
         if (e) {

@@ -15,7 +15,8 @@ import stat
 from dataclasses import dataclass, field
 
 from . import links
-from .sock import (ACTION_DENY, SCOPE_CGROUP, SCOPE_NOT_PROCESS, SCOPE_PROCESS, SockEnforcer)
+from .sock import (ACTION_DENY, SCOPE_CGROUP, SCOPE_NOT_PROCESS, SCOPE_PROCESS, SockEnforcer,
+                   check_namespaces)
 
 # uapi BPF_DEVCG_*
 DEV_BLOCK = 1
@@ -66,6 +67,7 @@ class DeviceRule:
     binaries_negate: bool = False
     pids: set[int] = field(default_factory=set)
     cgroup_ids: set[int] | None = None
+    namespaces: list = field(default_factory=list)       # matchNamespaces: [(kind, NotIn?, [inode, ...])]
     label: str = ""
 
     def to_struct(self) -> _DevRule:
@@ -74,6 +76,7 @@ class DeviceRule:
             scope |= SCOPE_NOT_PROCESS if self.binaries_negate else SCOPE_PROCESS
         if self.cgroup_ids is not None:
             scope |= SCOPE_CGROUP
+        check_namespaces(self.namespaces)
         return _DevRule(action=self.action, access=self.access, scope=scope)
 
 

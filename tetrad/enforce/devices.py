@@ -32,7 +32,7 @@ import os
 from dataclasses import dataclass
 
 from .devcgroup import ACC_READ, ACC_WRITE, DeviceRule, device_of
-from .network import (EnforcementError, _binaries, _pids, call_name,
+from .network import (SCOPE_SELECTORS, EnforcementError, _binaries, _namespaces, _pids, call_name,
                       enforcing_selectors)
 from .sock import ACTION_DENY, ACTION_KILL, ACTION_MONITOR
 
@@ -112,7 +112,7 @@ def _rule(hook, h: int, s: int, monitor: bool) -> DeviceRuleSpec:
     rule = DeviceRule(action=ACTION_MONITOR if monitor else ACTION_DENY, access=ACC_READ | ACC_WRITE,
                       devices=set(found), label=f"{hook.name} selector {s}")
     for key in sel:
-        if key not in ("matchArgs", "matchActions", "matchBinaries", "matchPIDs"):
+        if key not in SCOPE_SELECTORS:
             raise EnforcementError(f"{where}.{key}", "cannot be decided before the open by cgroup "
                                    "BPF (this kernel has no BPF LSM or override); remove it or the "
                                    "enforcing action")
@@ -120,6 +120,7 @@ def _rule(hook, h: int, s: int, monitor: bool) -> DeviceRuleSpec:
         _binaries(rule, match, f"{where}.matchBinaries[{m}]")
     for m, match in enumerate(sel.get("matchPIDs") or ()):
         _pids(rule, match, f"{where}.matchPIDs[{m}]")
+    _namespaces(rule, sel.get("matchNamespaces") or (), f"{where}.matchNamespaces")
     kill, err = False, 1
     for act in sel.get("matchActions") or ():
         if act.get("action") == "Sigkill":

@@ -20,6 +20,7 @@ import socket
 import dataclasses
 from dataclasses import dataclass
 
+from ..policy.program import NAMESPACE_INDEX, host_ns
 from .sock import (ACTION_DENY, ACTION_KILL, ACTION_MONITOR, HOOK_CONNECT, HOOK_SENDMSG, HOOK_SOCK_CREATE,
                    MAX_ADDRS, MAX_PORTS, SockRule)
 
@@ -36,6 +37,8 @@ NETWORK_CALLS = {
     "security_socket_create": (HOOK_SOCK_CREATE, None),
 }
 ENFORCING_ACTIONS = ("Override", "Sigkill")
+# the selector fields a cgroup rule decides; any other is an error
+SCOPE_SELECTORS = ("matchArgs", "matchActions", "matchBinaries", "matchPIDs", "matchNamespaces")
 FAMILIES = {"AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6, "AF_UNIX": socket.AF_UNIX}
 PROTOCOLS = {"IPPROTO_TCP": socket.IPPROTO_TCP, "IPPROTO_UDP": socket.IPPROTO_UDP,
              "IPPROTO_ICMP": socket.IPPROTO_ICMP, "IPPROTO_RAW": socket.IPPROTO_RAW}
@@ -96,7 +99,7 @@ def _rule(hook, h: int, s: int, monitor: bool) -> NetworkRule:
     rule = SockRule(action=ACTION_MONITOR if monitor else ACTION_DENY, hooks=cgroup_hook,
                     label=f"{hook.name} selector {s}")
     for key in sel:
-        if key not in ("matchArgs", "matchActions", "matchBinaries", "matchPIDs"):
+        if key not in SCOPE_SELECTORS:
             raise EnforcementError(f"{where}.{key}", "cannot be decided before the call by cgroup "
                                    "BPF (this kernel has no BPF LSM or override); remove it or the "
                                    "enforcing action")
@@ -110,6 +113,7 @@ def _rule(hook, h: int, s: int, monitor: bool) -> NetworkRule:
         _binaries(rule, match, f"{where}.matchBinaries[{m}]")
     for m, match in enumerate(sel.get("matchPIDs") or ()):
         _pids(rule, match, f"{where}.matchPIDs[{m}]")
+    _namespaces(rule, sel.get("matchNamespaces") or (), f"{where}.matchNamespaces")
     kill, err = False, 1
     for a, act in enumerate(sel.get("matchActions") or ()):
         if act.get("action") == "Sigkill":
@@ -189,6 +193,19 @@ def _pids(rule: SockRule, match: dict, where: str) -> None:
         raise EnforcementError(f"{where}.operator", "only matchPIDs In with host pids can be enforced "
                                "before the call")
     rule.pids |= {int(v) for v in match.get("values") or ()}
+
+
+def _namespaces(rule, entries, where: str) -> None:
+    """matchNamespaces, decided in the kernel at each call from the caller's
+    namespaces (bpf/ns.h); host_ns is PID 1's namespace."""
+    seen = set()
+    for m, entry in enumerate(entries):
+        kind = NAMESPACE_INDEX[entry["namespace"]]
+        if kind in seen:
+            raise EnforcementError(f"{where}[{m}].namespace", "one entry per namespace kind can be enforced")
+        seen.add(kind)
+        inums = [host_ns(entry["namespace"]) if v == "host_ns" else int(v) for v in entry.get("values") or ()]
+        rule.namespaces.append((kind, entry["operator"] == "NotIn", inums))
 
 
 def tracing_part(policy, also=frozenset()):

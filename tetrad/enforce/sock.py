@@ -26,6 +26,7 @@ log = logging.getLogger("tetrad.enforce.sock")
 MAX_RULES = 16
 MAX_ADDRS = 8
 MAX_PORTS = 8
+NS_KINDS = 10          # bpf/ns.h: namespace kinds, tetrad/policy/program.py NAMESPACE_INDEX
 BINARY_KEY_LEN = 256
 
 ACTION_DENY = 1
@@ -95,6 +96,7 @@ class SockRule:
     binaries_negate: bool = False                        # matchBinaries NotIn
     pids: set[int] = field(default_factory=set)
     cgroup_ids: set[int] | None = None                   # pods/containers; None = any
+    namespaces: list = field(default_factory=list)       # matchNamespaces: [(kind, NotIn?, [inode, ...])]
     label: str = ""                                      # policy/hook, for events
 
     def to_struct(self) -> _Rule:
@@ -129,7 +131,16 @@ class SockRule:
         if self.cgroup_ids is not None:
             scope |= SCOPE_CGROUP
         r.scope = scope
+        check_namespaces(self.namespaces)
         return r
+
+
+def check_namespaces(namespaces) -> None:
+    kinds = [k for k, _, _ in namespaces]
+    if len(set(kinds)) != len(kinds) or not all(0 <= k < NS_KINDS for k in kinds):
+        raise RuleError("one matchNamespaces entry per namespace kind can be enforced")
+    if any(not inums for _, _, inums in namespaces):
+        raise RuleError("a matchNamespaces entry needs values")
 
 
 def _bits(values) -> int:
@@ -242,13 +253,34 @@ class SockEnforcer:
             self._or_bits(b"pid_scope", ctypes.c_uint32(pid), bit)
         for cgid in rule.cgroup_ids or ():
             self._or_bits(b"cgroup_scope", ctypes.c_uint64(cgid), bit)
-        self.bpf[b"rules"][ctypes.c_int(slot)] = struct_
+        for kind, _, inums in rule.namespaces:
+            for inum in inums:
+                self._or_bits(b"ns_scope", self.bpf[b"ns_scope"].Key(kind, inum), bit)
         self.rules[slot] = rule
+        self._sync_namespace_kinds()   # before the rule is active: it never applies unscoped
+        self.bpf[b"rules"][ctypes.c_int(slot)] = struct_
 
     def clear_rule(self, slot: int) -> None:
         self.bpf[b"rules"][ctypes.c_int(slot)] = self.bpf[b"rules"].Leaf()
         self._clear_scope(1 << slot)
         self.rules.pop(slot, None)
+        self._sync_namespace_kinds()
+
+    def _sync_namespace_kinds(self) -> None:
+        """Per namespace kind, the rules with an entry on it and those NotIn
+        (bpf/ns.h); the programs read the caller's namespaces only while a
+        rule has matchNamespaces."""
+        kinds = self.bpf[b"ns_kinds"]
+        for kind in range(NS_KINDS):
+            kr = kinds.Leaf()
+            for slot, r in self.rules.items():
+                for k, negate, _ in r.namespaces:
+                    if k == kind:
+                        kr.need |= 1 << slot
+                        kr.neg |= (1 << slot) if negate else 0
+            kinds[ctypes.c_int(kind)] = kr
+        n = sum(1 for r in self.rules.values() if r.namespaces)
+        self.bpf[b"ns_in_use"][ctypes.c_int(0)] = ctypes.c_uint32(n)
 
     def _or_bits(self, table_name: bytes, key, bit: int) -> None:
         table = self.bpf[table_name]
@@ -256,7 +288,7 @@ class SockEnforcer:
         table[key] = ctypes.c_uint64((old.value if old is not None else 0) | bit)
 
     def _clear_scope(self, bit: int) -> None:
-        for name in (b"exec_scope", b"pid_scope", b"cgroup_scope", b"binary_scope"):
+        for name in (b"exec_scope", b"pid_scope", b"cgroup_scope", b"binary_scope", b"ns_scope"):
             table = self.bpf[name]
             for k, v in list(table.items()):
                 if v.value & bit:

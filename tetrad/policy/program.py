@@ -120,6 +120,18 @@ def cap_mask(names) -> int:
     return mask
 
 
+def host_ns(name: str, procfs: str = "/proc") -> int:
+    """host_ns of matchNamespaces: PID 1's namespace of that kind; the daemon's
+    own where PID 1's cannot be read (a sandbox that hides PID 1: the daemon
+    then runs in the host's)."""
+    ns = NAMESPACE_PROC[NAMESPACE_INDEX[name]]
+    try:
+        return os.stat(f"{procfs}/1/ns/{ns}").st_ino
+    except OSError:
+        log.warning("cannot read %s/1/ns/%s; host_ns is the daemon's own %s namespace", procfs, ns, ns)
+        return os.stat(f"/proc/self/ns/{ns}").st_ino
+
+
 class PolicyProgram:
     """The BPF side of one policy.  `on_record(policy_program, bytes)` gets each record."""
 
@@ -302,15 +314,7 @@ class PolicyProgram:
         self.bpf["selectors"][ctypes.c_int(idx)] = conf
 
     def _host_ns(self, name: str) -> int:
-        """host_ns: PID 1's namespace; the daemon's own where PID 1's cannot be
-        read (a sandbox that hides PID 1: the daemon then runs in the host's)."""
-        ns = NAMESPACE_PROC[NAMESPACE_INDEX[name]]
-        try:
-            return os.stat(f"{self.procfs}/1/ns/{ns}").st_ino
-        except OSError:
-            log.warning("cannot read %s/1/ns/%s; host_ns is the daemon's own %s namespace",
-                        self.procfs, ns, ns)
-            return os.stat(f"/proc/self/ns/{ns}").st_ino
+        return host_ns(name, self.procfs)
 
     def _configure_match(self, c, slot: int, pos: int, match: dict, arg_type: str) -> None:
         op = match["operator"]
