@@ -8,7 +8,8 @@
  * in the `rules` array, so changing a rule needs no recompilation.  A rule
  * applies to every process unless it is scoped: then only to processes whose
  * bit is set in `exec_scope` (by binary, at exec) or `pid_scope` and/or whose
- * cgroup's bit is set in `cgroup_scope` (pods, containers). */
+ * cgroup's bit is set in `cgroup_scope` (pods, containers), and/or whose
+ * namespaces satisfy the rule's matchNamespaces (`ns_kinds`, `ns_scope`). */
 #include "common.h"
 #include "ns.h"
 

@@ -12,7 +12,7 @@ to the device numbers of the nodes present when the policy loads:
 and every path to the same device is then refused: hard links, bind mounts,
 a node made later with mknod elsewhere.  Not covered: nodes with other
 numbers that appear after the policy loaded (a disk plugged in later) until
-the policy is loaded again (a change of its file or SIGHUP).
+the policy is loaded again (a change of its file).
 
 Override asks for the open never to happen, so its selector must name device
 nodes only; otherwise it is not a device rule and the policy is refused with
