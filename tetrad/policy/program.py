@@ -293,7 +293,7 @@ class PolicyProgram:
             values = ns.get("values") or []
             c.nvalues = len(values)
             for v, val in enumerate(values):
-                c.values[v] = self._host_ns(ns["namespace"]) if val == "host_ns" else int(val)
+                c.values[v] = host_ns(ns["namespace"], self.procfs) if val == "host_ns" else int(val)
         caps = sel.get("matchCapabilities") or []
         conf.ncaps = len(caps)
         for i, cap in enumerate(caps):
@@ -312,9 +312,6 @@ class PolicyProgram:
             c.sig = 9 if act["action"] == "Sigkill" else int(act.get("argSig", 0))
             c.rate_ns = parse_rate_limit(act["rateLimit"]) if act.get("rateLimit") else 0
         self.bpf["selectors"][ctypes.c_int(idx)] = conf
-
-    def _host_ns(self, name: str) -> int:
-        return host_ns(name, self.procfs)
 
     def _configure_match(self, c, slot: int, pos: int, match: dict, arg_type: str) -> None:
         op = match["operator"]
