@@ -222,7 +222,11 @@ BPF_PERCPU_ARRAY(lost_records, u64, 1);
 BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
 BPF_ARRAY(hooks, struct hook_conf, NHOOKS);
 BPF_ARRAY(selectors, struct selector_conf, NHOOKS * MAX_SELECTORS);
-BPF_ARRAY(settings, u32, 2);                 /* [0] enabled, [1] the daemon's own tgid */
+BPF_ARRAY(settings, u32, 3);                 /* [0] enabled, [1] the daemon's own tgid, [2] scoped */
+/* A scoped policy (namespaced, podSelector, containerSelector) applies only to
+ * processes whose cgroup v2 id is here: its containers, kept current by the
+ * daemon (tetrad/policy/scope.py).  Empty: it applies to nothing. */
+BPF_HASH(scope_cgroups, u64, u8, 16384);
 /* arguments saved at entry for the exit; LRU, since an exit can be missed
  * (a hook attached between a thread's entry and exit, exit_group, execve) */
 BPF_TABLE("lru_hash", struct saved_key, struct saved_args, saved, 16384);
@@ -1069,6 +1073,11 @@ static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int kp)
     u32 *enabled = settings.lookup(&zero);
     u32 *self = settings.lookup(&one);
     if (!enabled || !*enabled || !self || *self == (bpf_get_current_pid_tgid() >> 32))
+        return 0;
+    u32 two = 2;
+    u32 *scoped = settings.lookup(&two);
+    u64 cgid = bpf_get_current_cgroup_id();
+    if (scoped && *scoped && !scope_cgroups.lookup(&cgid))
         return 0;
     struct hook_conf *hc = hooks.lookup(&slot);
     struct scratch *s = get_scratch();

@@ -239,6 +239,22 @@ class SockEnforcer:
         self.bpf[b"rules"][ctypes.c_int(slot)] = struct_
         self.rules[slot] = rule
 
+    def set_cgroups(self, slot: int, cgroup_ids: set[int]) -> None:
+        """Change the cgroups a rule installed with `cgroup_ids` applies to:
+        new ones first, then stale ones out, so a cgroup that stays is never
+        left unguarded in between."""
+        bit = 1 << slot
+        table = self.bpf[b"cgroup_scope"]
+        for cgid in cgroup_ids:
+            self._or_bits(b"cgroup_scope", ctypes.c_uint64(cgid), bit)
+        for k, v in list(table.items()):
+            if v.value & bit and k.value not in cgroup_ids:
+                rest = v.value & ~bit
+                if rest:
+                    table[k] = ctypes.c_uint64(rest)
+                else:
+                    del table[k]
+
     def clear_rule(self, slot: int) -> None:
         self.bpf[b"rules"][ctypes.c_int(slot)] = _Rule()
         self._clear_scope(1 << slot)
