@@ -1076,9 +1076,11 @@ static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int kp)
         return 0;
     u32 two = 2;
     u32 *scoped = settings.lookup(&two);
-    u64 cgid = bpf_get_current_cgroup_id();
-    if (scoped && *scoped && !scope_cgroups.lookup(&cgid))
-        return 0;
+    if (scoped && *scoped) {
+        u64 cgid = bpf_get_current_cgroup_id();
+        if (!scope_cgroups.lookup(&cgid))
+            return 0;
+    }
     struct hook_conf *hc = hooks.lookup(&slot);
     struct scratch *s = get_scratch();
     if (!hc || !s)
