@@ -269,3 +269,41 @@ def test_policy_resources_from_the_kubernetes_api_emulator(start_daemon, tmp_pat
         assert d.stop() == 0      # before the emulator, whose watches it holds open
     finally:
         emulator.close()
+
+
+def test_pod_labels_from_the_api_emulator_drive_a_pod_selector(ctd, start_daemon, tmp_path):  # noqa: F811
+    """Kubernetes mode against the API emulator (kmock): the policy is a resource,
+    and the pod's labels as the API server has them (not containerd's) decide."""
+    kwing, cid = start_pod(ctd, "kwing", "default", {"app": "kwing"}, "spaceship")
+    emulator = KubeEmulator()
+    try:
+        api = api_pod(kwing.name, kwing.namespace, "node-1", kwing.uid,
+                      labels={"app": "kwing", "tier": "fighter"},
+                      containers={"spaceship": (cid, "busybox", "busybox@sha256:11")})
+        emulator.create(api)
+        emulator.create({"apiVersion": "cilium.io/v1alpha1", "kind": "TracingPolicy",
+                         "metadata": {"name": "fighters"},
+                         "spec": {"podSelector": {"matchLabels": {"tier": "fighter"}},
+                                  "kprobes": [{"call": "sys_chdir", "syscall": True,
+                                               "args": [{"index": 0, "type": "string"}],
+                                               "selectors": [{"matchArgs": [{
+                                                   "index": 0, "operator": "Prefix",
+                                                   "values": ["/tmp/pod-"]}]}]}]}})
+        d = start_daemon(f"--containerd-address={ctd.socket}", "--enable-k8s-api",
+                         f"--kubeconfig={emulator.kubeconfig(tmp_path / 'kubeconfig')}", "--node-name=node-1")
+        wait_policies(d, 1, pred=lambda ps: ps[0]["state"] == "loaded")
+        wait_scopes(d, {"fighters": 1})
+        mark = marker()
+        ctd.exec(cid, "sh", "-c", chdirs(mark))
+        d.wait_for(lambda evs: seen(evs, mark).get("pod") == {"default/kwing/spaceship"},
+                   what="the labelled pod's event")
+        # relabelled in the API: out of the scope, in the kernel
+        emulator.patch(api, {"metadata": {"labels": {"app": "kwing", "tier": None}}})
+        wait_scopes(d, {"fighters": 0})
+        mark = marker()
+        ctd.exec(cid, "sh", "-c", chdirs(mark))
+        time.sleep(1.5)
+        assert "pod" not in seen(d.events(), mark)
+        assert d.stop() == 0      # before the emulator, whose watches it holds open
+    finally:
+        emulator.close()

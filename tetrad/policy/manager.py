@@ -299,8 +299,9 @@ class PolicyManager:
             return
         if e.program is not None:
             e.program.set_scope(ids)
-        for slot, nr in zip(e.slots, e.net_rules):
+        for nr in e.net_rules:   # kept current while disabled too: enable() installs them
             nr.rule.cgroup_ids = set(ids)
+        for slot in e.slots:
             self.enforcer.set_cgroups(slot, ids)
         log.info("policy %s applies to %d container cgroup(s) (%s)", e.name, len(ids), e.scope.describe())
         e.scope_ids = ids
