@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Pod-scoped policies and new containers: is a container's very first
-process covered, and with how much margin?
+"""Scoped policies and new containers: is a container's very first process
+covered, and with how much margin?
 
 A real containerd (the test suite's, tests/containerd_env.py) starts N pods
-while a daemon runs a policy with a podSelector; each container's main
-process calls chdir() as its first action.  Printed: how many first actions
-were reported, and the margin between the daemon putting the container's
-cgroup into the policy's scope (its log line) and the container's first exec.
+(sandbox, then one container) while a daemon runs two policies: one scoped to
+whole pods (podSelector: the pod's cgroup, known from the sandbox) and one to
+containers (containerSelector: the container's cgroup, known at its task's
+creation).  Each container's main process calls chdir() as its first action.
+Printed per policy: how many first actions were reported, and the margin
+between the scope update that covered the container (the daemon's log line)
+and the container's first exec.
 
     .venv/bin/python benchmarks/scope_window.py [-n 20]
 """
@@ -33,12 +36,12 @@ from policytools import wait_policies  # noqa: E402
 POLICY = """apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
 metadata:
-  name: first-action
+  name: {name}
 spec:
   podSelector:
     matchLabels:
       bench: scope-window
-  kprobes:
+{containers}  kprobes:
   - call: sys_chdir
     syscall: true
     args:
@@ -50,7 +53,8 @@ spec:
         operator: Prefix
         values: ["/tmp/first-"]
 """
-APPLIED = re.compile(r"^(\S+ \S+) INFO tetrad.policy: policy first-action applies to (\d+) container")
+APPLIED = re.compile(r"^(\S+ \S+) INFO tetrad.policy: policy (\S+) applies to (\d+) cgroup")
+SCOPES = {"whole-pods": "", "containers": "  containerSelector:\n    matchLabels:\n      name: first\n"}
 
 
 def wall(text: str) -> float:
@@ -75,8 +79,9 @@ def main() -> None:
         pods = []
         try:
             d.wait_ready()
-            (d.policy_dir / "p.yaml").write_text(POLICY)
-            wait_policies(d, 1, pred=lambda ps: ps[0]["state"] == "loaded")
+            for name, containers in SCOPES.items():
+                (d.policy_dir / f"{name}.yaml").write_text(POLICY.format(name=name, containers=containers))
+            wait_policies(d, 2, pred=lambda ps: all(p["state"] == "loaded" for p in ps))
             marks = []
             for i in range(args.n):
                 pod = Pod(ctd, f"bench{i}", "default", {"bench": "scope-window"})
@@ -87,23 +92,28 @@ def main() -> None:
                 pod.start_container("first", "sh", "-c", f"cd /tmp/first-{mark} 2>/dev/null; sleep 3600")
             time.sleep(3)
             events = d.events()
-            covered = {e["process_kprobe"]["args"][0]["string_arg"].rsplit("-", 1)[1]
-                       for e in events if "process_kprobe" in e}
             execs = {}   # marker -> time of the container's first exec
             for e in events:
                 ex = e.get("process_exec")
                 if ex and "/tmp/first-" in ex["process"].get("arguments", ""):
                     execs[ex["process"]["arguments"].split("/tmp/first-")[1][:10]] = wall(e["time"])
-            applied = [wall(m.group(1)) for m in map(APPLIED.match, d.log_text().splitlines()) if m]
-            # the k-th scope update (1 cgroup, 2, ...) is the k-th container's
-            margins = [(execs[m] - applied[k]) * 1000 for k, m in enumerate(marks)
-                       if m in execs and k < len(applied)]
-            print(f"containers started: {args.n}; first action reported: "
-                  f"{sum(m in covered for m in marks)}/{args.n}")
-            if margins:
-                print(f"margin from scope update to first exec: median {statistics.median(margins):.1f} ms, "
-                      f"min {min(margins):.1f} ms, max {max(margins):.1f} ms "
-                      "(log times have millisecond resolution)")
+            log = [m for m in map(APPLIED.match, d.log_text().splitlines()) if m]
+            for name in SCOPES:
+                covered = {e["process_kprobe"]["args"][0]["string_arg"].rsplit("-", 1)[1]
+                           for e in events if e.get("process_kprobe", {}).get("policy_name") == name}
+                # updates come one per new cgroup in the scope, in the order they were made:
+                # whole pods get the pod's cgroup (at its sandbox) and then the container's
+                updates = [wall(m.group(1)) for m in log if m.group(2) == name]
+                step = 2 if name == "whole-pods" else 1
+                margins = [(execs[m] - updates[k * step]) * 1000 for k, m in enumerate(marks)
+                           if m in execs and k * step < len(updates)]
+                print(f"{name}: first action of {sum(m in covered for m in marks)}/{args.n} containers reported",
+                      end="")
+                if margins:
+                    print(f"; covered before the first exec by median {statistics.median(margins):.1f} ms "
+                          f"(min {min(margins):.1f}, max {max(margins):.1f}; log times have ms resolution)")
+                else:
+                    print()
         finally:
             d.stop()
             for pod in pods:

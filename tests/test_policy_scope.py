@@ -132,3 +132,17 @@ def test_a_namespaced_policy_needs_its_namespace(tmp_path):
                            "(the namespace whose pods it applies to)")
     result = load(tmp_path, kind="TracingPolicyNamespaced", namespace="  namespace: rebels\n")
     assert scope_of(result.kind, result.namespace, result.spec).describe() == "namespace rebels"
+
+
+def test_a_whole_pod_scope_holds_the_pods_cgroup_a_container_scope_does_not():
+    sandbox = Workload(201, "default", {"app": "xwing"}, "", "pause", pod_cgroup_id=200, sandbox=True)
+    app = Workload(202, "default", {"app": "xwing"}, "spaceship", "busybox", pod_cgroup_id=200)
+    other = Workload(302, "default", {"app": "tie"}, "spaceship", "busybox", pod_cgroup_id=300)
+    pods = scope_of("TracingPolicy", "", {"podSelector": {"matchLabels": {"app": "xwing"}}})
+    # known from the sandbox alone: containers created in the pod later are covered at once
+    assert pods.cgroup_ids([sandbox]) == {200}
+    assert pods.cgroup_ids([sandbox, app, other]) == {200, 202}
+    containers = scope_of("TracingPolicy", "", {"podSelector": {"matchLabels": {"app": "xwing"}},
+                                               "containerSelector": {"matchLabels": {"name": "spaceship"}}})
+    assert containers.cgroup_ids([sandbox, app, other]) == {202}
+    assert not containers.selects(sandbox)

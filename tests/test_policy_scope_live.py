@@ -110,7 +110,8 @@ def test_namespaced_pod_and_container_scopes_select_in_the_kernel(ctd, start_dae
     wait_policies(d, 3, pred=lambda ps: all(p["state"] == "loaded" for p in ps))
     # a pod created while the policies are loaded: it joins their scopes as containerd announces it
     ywing, ywing_cid = start_pod(ctd, "ywing", "rebels", {"app": "ywing"}, "gunner")
-    pols = wait_scopes(d, {"rebels-only": 1, "xwing-only": 1, "gunners-only": 1})
+    # a whole-pod scope holds the pod's cgroup and its container's; a container scope the container's
+    pols = wait_scopes(d, {"rebels-only": 2, "xwing-only": 2, "gunners-only": 1})
     assert pols["xwing-only"]["scope"] == "pods app In xwing"
     assert pols["rebels-only"]["scope"] == "namespace rebels"
 
@@ -133,10 +134,10 @@ def test_namespaced_pod_and_container_scopes_select_in_the_kernel(ctd, start_dae
             os.rmdir(f"{detect('/sys/kernel/btf/vmlinux', quick=True).cgroup_v2_root}/kubepods/besteffort/pod{ywing.uid}/{d_}".rstrip("/"))
         except OSError:
             pass
-    wait_scopes(d, {"rebels-only": 0, "gunners-only": 0, "xwing-only": 1})
+    wait_scopes(d, {"rebels-only": 0, "gunners-only": 0, "xwing-only": 2})
     text = subprocess.run(tetrad_cmd() + ["tracingpolicy", "list", f"--server-address=unix://{d.sock}"],
                           capture_output=True, text=True, check=True).stdout
-    assert "    scope: namespace rebels (0 container cgroups)" in text
+    assert "    scope: namespace rebels (0 cgroups)" in text
 
 
 def test_scoped_policy_without_containerd_matches_nothing(start_daemon, tmp_path):
@@ -205,7 +206,7 @@ def test_connect_deny_with_a_pod_selector_blocks_only_that_pod(ctd, start_daemon
         d = start_daemon(f"--containerd-address={ctd.socket}")
         (d.policy_dir / "deny.yaml").write_text(CONNECT_DENY.format(port=port))
         wait_policies(d, 1, pred=lambda ps: ps[0]["state"] == "loaded")
-        wait_scopes(d, {"awing-no-connect": 1})
+        wait_scopes(d, {"awing-no-connect": 2})
         root = detect("/sys/kernel/btf/vmlinux", quick=True).cgroup_v2_root
         with open(f"/proc/{ctd.task_pid(awing_cid)}/cgroup") as f:
             pod_cgroup = root + [l[3:].strip() for l in f if l.startswith("0::")][0]
@@ -292,7 +293,7 @@ def test_pod_labels_from_the_api_emulator_drive_a_pod_selector(ctd, start_daemon
         d = start_daemon(f"--containerd-address={ctd.socket}", "--enable-k8s-api",
                          f"--kubeconfig={emulator.kubeconfig(tmp_path / 'kubeconfig')}", "--node-name=node-1")
         wait_policies(d, 1, pred=lambda ps: ps[0]["state"] == "loaded")
-        wait_scopes(d, {"fighters": 1})
+        wait_scopes(d, {"fighters": 2})
         mark = marker()
         ctd.exec(cid, "sh", "-c", chdirs(mark))
         d.wait_for(lambda evs: seen(evs, mark).get("pod") == {"default/kwing/spaceship"},
@@ -307,3 +308,33 @@ def test_pod_labels_from_the_api_emulator_drive_a_pod_selector(ctd, start_daemon
         assert d.stop() == 0      # before the emulator, whose watches it holds open
     finally:
         emulator.close()
+
+
+def test_a_container_created_in_a_selected_pod_is_covered_from_its_first_instruction(ctd, start_daemon):  # noqa: F811
+    d = start_daemon(f"--containerd-address={ctd.socket}")
+    (d.policy_dir / "pod.yaml").write_text(
+        chdir_policy("ewing-only", "pod", selectors="  podSelector:\n    matchLabels:\n      app: ewing\n"))
+    wait_policies(d, 1, pred=lambda ps: ps[0]["state"] == "loaded")
+    pod = Pod(ctd, "ewing", "default", {"app": "ewing"})
+    ctd.pods.append(pod)
+    pod.start_sandbox()
+    wait_scopes(d, {"ewing-only": 1})          # the pod's cgroup, from its sandbox
+    mark = marker()
+    # the container's very first process calls chdir: there is no time to learn its own cgroup
+    pod.start_container("late", "sh", "-c", f"cd /tmp/pod-{mark} 2>/dev/null; sleep 3600")
+    (ev,) = d.wait_for(lambda evs: [e["process_kprobe"] for e in evs if "process_kprobe" in e and
+                                    e["process_kprobe"]["args"][0]["string_arg"] == f"/tmp/pod-{mark}"],
+                       what="the first action of the new container")
+    assert ev["process"]["pod"]["container"]["pid"] == 1 and ev["process"]["pod"]["name"] == "ewing"
+    # decided by the pod's cgroup, in the kernel: a cgroup made in the pod behind
+    # containerd's back, which the daemon never hears of, is in the scope too
+    root = detect("/sys/kernel/btf/vmlinux", quick=True).cgroup_v2_root
+    unknown = f"{root}/kubepods/besteffort/pod{pod.uid}/{os.urandom(32).hex()}"
+    os.mkdir(unknown)
+    try:
+        mark = marker()
+        subprocess.run(["sh", "-c", f'echo $$ > "{unknown}/cgroup.procs" && exec sh -c "cd /tmp/pod-{mark}; true"'],
+                       check=True)
+        d.wait_for(lambda evs: seen(evs, mark).get("pod"), what="the event of the unannounced cgroup")
+    finally:
+        os.rmdir(unknown)

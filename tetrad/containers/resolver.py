@@ -31,7 +31,7 @@ from collections import Counter
 import grpc
 
 from ..policy.scope import Workload
-from .cgroups import (DEFAULT_CONTAINERD_NAMESPACES, CgroupPaths, container_from_path,
+from .cgroups import (_POD_UID, DEFAULT_CONTAINERD_NAMESPACES, CgroupPaths, container_from_path,
                       container_of_pid, parse_proc_cgroup)
 from .containerd import LABEL_KIND, ContainerdClient, ContainerInfo, Describer
 from .pb.containerd.events import container_pb2, task_pb2
@@ -74,7 +74,7 @@ class ContainerResolver:
         self._stream = None
         self._threads: list[threading.Thread] = []
         self.client: ContainerdClient | None = None
-        self._cgroup_of: dict[str, int] = {}        # container id -> its cgroup v2 id
+        self._cgroup_of: dict[str, tuple[int, int]] = {}   # container id -> (its cgroup v2 id, its pod's)
         # called (from this module's threads) when containers come, go or change,
         # so that policies scoped to pods follow them (tetrad/policy/scope.py)
         self.on_change = None
@@ -251,7 +251,8 @@ class ContainerResolver:
             self.on_change()
 
     def _learn_cgroup(self, cid: str, pid: int) -> bool:
-        """Note the cgroup v2 id of a container from its init process; only a
+        """Note the cgroup v2 ids of a container and of its pod (kubelet's
+        `.../pod<uid>/` or `...-pod<uid>.slice/`) from its init process; only a
         cgroup whose path names the container counts (never the root of a
         hybrid host's v2 tree, which would be every process)."""
         if not pid or self.paths is None:
@@ -264,31 +265,36 @@ class ContainerResolver:
         found = container_from_path(path or "/", self._namespaces)
         if found is None or found.id != cid:
             return False
+        parts = path.split("/")
+        pod = next((i for i in range(len(parts) - 1, 0, -1) if found.pod_uid and
+                    _POD_UID.search(parts[i])), 0)
         try:
-            cgid = os.stat(self.paths.root + path).st_ino
+            ids = (os.stat(self.paths.root + path).st_ino,
+                   os.stat(self.paths.root + "/".join(parts[:pod + 1])).st_ino if pod else 0)
         except OSError:
             return False
-        known = self._cgroup_of.get(cid) == cgid
-        self._cgroup_of[cid] = cgid
-        self._by_cgroup[cgid] = cid
+        known = self._cgroup_of.get(cid) == ids
+        self._cgroup_of[cid] = ids
+        self._by_cgroup[ids[0]] = cid
         return not known
 
     def workloads(self) -> list[Workload]:
-        """Every application container of a pod whose cgroup is known, with
-        what policy scopes select on (the API server's pod labels when known)."""
+        """Every container of a pod (sandboxes included) whose cgroup is known,
+        with what policy scopes select on (the API server's pod labels when known)."""
         out = []
-        for cid, cgid in list(self._cgroup_of.items()):
+        for cid, (cgid, pod_cgid) in list(self._cgroup_of.items()):
             info = self._info.get(cid)
-            if info is None or info.sandbox:
+            if info is None:
                 continue
             meta = None
             if self.k8s is not None:
                 meta = self.k8s.pod_of_container(cid) or (self.k8s.pod(info.pod_uid) if info.pod_uid else None)
             if meta is not None:
-                out.append(Workload(cgid, meta.namespace, dict(meta.labels), info.name, info.image_name))
+                out.append(Workload(cgid, meta.namespace, dict(meta.labels), info.name, info.image_name,
+                                    pod_cgid, info.sandbox))
             elif info.pod_name:
                 out.append(Workload(cgid, info.pod_namespace, dict(info.pod_labels), info.name,
-                                    info.image_name))
+                                    info.image_name, pod_cgid, info.sandbox))
         return out
 
     # -- describing containers (worker thread) ---------------------------------

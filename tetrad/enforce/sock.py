@@ -238,6 +238,7 @@ class SockEnforcer:
             self._or_bits(b"cgroup_scope", ctypes.c_uint64(cgid), bit)
         self.bpf[b"rules"][ctypes.c_int(slot)] = struct_
         self.rules[slot] = rule
+        self._note_cgroup_scoped()
 
     def set_cgroups(self, slot: int, cgroup_ids: set[int]) -> None:
         """Change the cgroups a rule installed with `cgroup_ids` applies to:
@@ -259,6 +260,13 @@ class SockEnforcer:
         self.bpf[b"rules"][ctypes.c_int(slot)] = _Rule()
         self._clear_scope(1 << slot)
         self.rules.pop(slot, None)
+        self._note_cgroup_scoped()
+
+    def _note_cgroup_scoped(self) -> None:
+        """Tell the programs whether to look at cgroups at all (a walk of the
+        caller's ancestors, spared when no rule is scoped to cgroups)."""
+        scoped = any(r.cgroup_ids is not None for r in self.rules.values())
+        self.bpf[b"cgroup_scoped"][ctypes.c_int(0)] = ctypes.c_uint32(int(scoped))
 
     def _or_bits(self, table_name: bytes, key, bit: int) -> None:
         table = self.bpf[table_name]

@@ -303,7 +303,7 @@ class PolicyManager:
             nr.rule.cgroup_ids = set(ids)
         for slot in e.slots:
             self.enforcer.set_cgroups(slot, ids)
-        log.info("policy %s applies to %d container cgroup(s) (%s)", e.name, len(ids), e.scope.describe())
+        log.info("policy %s applies to %d cgroup(s) (%s)", e.name, len(ids), e.scope.describe())
         e.scope_ids = ids
 
     def delete(self, name: str) -> bool:
@@ -467,7 +467,7 @@ class PolicyManager:
         log.info("policy %s loaded from %s in %.2fs: %s", e.name, e.file, time.monotonic() - started,
                  "; ".join(f"{h.kind} {h.name} -> {p.describe()}" for h, p in zip(e.policy.hooks, e.plans)))
         if e.scope is not None:
-            log.info("policy %s applies only to %s: %d container cgroup(s) now", e.name,
+            log.info("policy %s applies only to %s: %d cgroup(s) now", e.name,
                      e.scope.describe(), len(e.scope_ids))
 
     def _unload(self, e: Entry) -> None:

@@ -2,9 +2,14 @@
 `spec.podSelector` and `spec.containerSelector`.
 
 A scoped policy applies only to processes in the containers it selects, and
-the kernel decides that: the daemon turns the selection into the set of those
-containers' cgroup v2 ids (`cgroup_ids`), which bpf/policy.c and
-bpf/enforce_sock.c consult before anything else.  The selection follows
+the kernel decides that: the daemon turns the selection into a set of cgroup
+v2 ids (`cgroup_ids`), which bpf/policy.c and bpf/enforce_sock.c consult
+before anything else; a process is in scope when its cgroup or one of its
+ancestors is in the set.  A scope that selects whole pods (no
+containerSelector) holds the pods' own cgroups, known from their sandboxes, so
+a container created in the pod later is covered from its first instruction;
+one that selects containers holds theirs, known when containerd creates their
+task (scope_window benchmark: before their program starts, by a few ms).  The selection follows
 Tetragon (pkg/sensors/k8s.go, pkg/labels):
 
 - a TracingPolicyNamespaced selects only pods of its namespace (every pod of
@@ -15,8 +20,9 @@ Tetragon (pkg/sensors/k8s.go, pkg/labels):
   `k8s:io.kubernetes.pod.namespace`;
 - a containerSelector then selects containers of those pods by the fields
   `name` (the container's name) and `repo` (its image without tag or digest);
-- a scoped policy never applies to host processes, nor to a pod's sandbox
-  (pause) container.
+- a scoped policy never applies to host processes.  (Unlike Tetragon, a
+  pod-wide scope also covers the pod's sandbox, whose pause process does
+  nothing a policy would see.)
 
 Without a selector and outside a namespace a policy is not scoped (None):
 every process.  A scoped policy whose containers are not known (containerd
@@ -91,12 +97,14 @@ def image_repo(image: str) -> str:
 
 @dataclass(frozen=True)
 class Workload:
-    """What the selectors look at, for one container with its cgroup."""
+    """What the selectors look at, for one container of a pod with its cgroups."""
     cgroup_id: int
     pod_namespace: str
     pod_labels: dict = field(hash=False, compare=False, default_factory=dict)
     container_name: str = ""
     image: str = ""
+    pod_cgroup_id: int = 0          # the pod's own cgroup (kubelet's layouts), 0 if none
+    sandbox: bool = False           # the pod's sandbox: its pod cgroup counts, not itself
 
 
 @dataclass(frozen=True)
@@ -105,17 +113,26 @@ class Scope:
     pods: LabelSelector
     containers: LabelSelector
 
-    def selects(self, w: Workload) -> bool:
+    def selects_pod(self, w: Workload) -> bool:
         if self.namespace and w.pod_namespace != self.namespace:
             return False
         labels = dict(w.pod_labels)
         labels.setdefault(NAMESPACE_LABEL, w.pod_namespace)
-        if not self.pods.matches(labels):
-            return False
-        return self.containers.matches({"name": w.container_name, "repo": image_repo(w.image)})
+        return self.pods.matches(labels)
+
+    def selects(self, w: Workload) -> bool:
+        return (not w.sandbox and self.selects_pod(w) and
+                self.containers.matches({"name": w.container_name, "repo": image_repo(w.image)}))
 
     def cgroup_ids(self, workloads) -> set[int]:
-        return {w.cgroup_id for w in workloads if w.cgroup_id and self.selects(w)}
+        whole_pods = not self.containers.requirements
+        ids = set()
+        for w in workloads:
+            if whole_pods and w.pod_cgroup_id and self.selects_pod(w):
+                ids.add(w.pod_cgroup_id)
+            if w.cgroup_id and self.selects(w):
+                ids.add(w.cgroup_id)
+        return ids
 
     def describe(self) -> str:
         parts = [f"namespace {self.namespace}"] if self.namespace else []
