@@ -928,6 +928,11 @@ static __always_inline int stage_start(void *ctx, int kp)
     struct hook_conf *hc = hooks.lookup(&slot);
     if (!hc)
         return 0;
+    /* here, not in each hook's entry point: one copy of the walk per program type */
+    u32 two = 2;
+    u32 *scoped = settings.lookup(&two);
+    if (scoped && *scoped && !in_scope())
+        return 0;
     u64 pid_tgid = bpf_get_current_pid_tgid();
     s64 ret = 0;
     struct saved_key sk = {.pid_tgid = pid_tgid, .slot = slot};
@@ -1091,10 +1096,6 @@ static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int kp)
     u32 *enabled = settings.lookup(&zero);
     u32 *self = settings.lookup(&one);
     if (!enabled || !*enabled || !self || *self == (bpf_get_current_pid_tgid() >> 32))
-        return 0;
-    u32 two = 2;
-    u32 *scoped = settings.lookup(&two);
-    if (scoped && *scoped && !in_scope())
         return 0;
     struct hook_conf *hc = hooks.lookup(&slot);
     struct scratch *s = get_scratch();
