@@ -31,8 +31,8 @@ from collections import Counter
 import grpc
 
 from ..policy.scope import Workload
-from .cgroups import (_POD_UID, DEFAULT_CONTAINERD_NAMESPACES, CgroupPaths, container_from_path,
-                      container_of_pid, parse_proc_cgroup)
+from .cgroups import (DEFAULT_CONTAINERD_NAMESPACES, CgroupPaths, container_from_path,
+                      container_of_pid, parse_proc_cgroup, pod_cgroup_of)
 from .containerd import LABEL_KIND, ContainerdClient, ContainerInfo, Describer
 from .pb.containerd.events import container_pb2, task_pb2
 
@@ -265,12 +265,10 @@ class ContainerResolver:
         found = container_from_path(path or "/", self._namespaces)
         if found is None or found.id != cid:
             return False
-        parts = path.split("/")
-        pod = next((i for i in range(len(parts) - 1, 0, -1) if found.pod_uid and
-                    _POD_UID.search(parts[i])), 0)
+        pod = pod_cgroup_of(path) if found.pod_uid else ""
         try:
             ids = (os.stat(self.paths.root + path).st_ino,
-                   os.stat(self.paths.root + "/".join(parts[:pod + 1])).st_ino if pod else 0)
+                   os.stat(self.paths.root + pod).st_ino if pod else 0)
         except OSError:
             return False
         known = self._cgroup_of.get(cid) == ids

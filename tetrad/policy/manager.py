@@ -4,10 +4,11 @@ Transport-independent API (the daemon's status file today, its socket API
 later): `list()`, `add(path)`, `delete(name)`, `enable(name)`,
 `disable(name)`, `reload()`; from other threads, `kubernetes_policy()` (the
 custom resources of Kubernetes mode) and `workloads_changed()` (containers
-came or went: scoped policies follow them, see scope.py).  The directory is watched with inotify and
-re-read on SIGHUP (`reload()`); a file whose content did not change keeps
-its programs attached, so the events of unchanged policies never stop.  A
-replaced policy's new programs are attached before the old ones are closed.
+came or went: scoped policies follow them, see scope.py).  The directory is
+watched with inotify and re-read on SIGHUP (`reload()`); a file whose content
+did not change keeps its programs attached, so the events of unchanged
+policies never stop.  A replaced policy's new programs are attached before
+the old ones are closed.
 """
 
 from __future__ import annotations
