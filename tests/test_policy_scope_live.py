@@ -338,3 +338,30 @@ def test_a_container_created_in_a_selected_pod_is_covered_from_its_first_instruc
         d.wait_for(lambda evs: seen(evs, mark).get("pod"), what="the event of the unannounced cgroup")
     finally:
         os.rmdir(unknown)
+
+
+def test_without_containerd_the_api_emulator_alone_scopes_a_policy(ctd, start_daemon, tmp_path):  # noqa: F811
+    """Kubernetes mode with no containerd to ask (another runtime, or containerd
+    away): the API server (here the kmock emulator) names the pod's containers,
+    and their cgroups are found in the cgroup tree."""
+    fwing, cid = start_pod(ctd, "fwing", "default", {"app": "fwing"}, "spaceship")
+    emulator = KubeEmulator()
+    try:
+        emulator.create(api_pod(fwing.name, fwing.namespace, "node-1", fwing.uid, labels={"app": "fwing"},
+                                containers={"spaceship": (cid, "busybox", "busybox@sha256:11")}))
+        d = start_daemon(f"--containerd-address={tmp_path}/nothing.sock", "--enable-k8s-api",
+                         f"--kubeconfig={emulator.kubeconfig(tmp_path / 'kubeconfig')}", "--node-name=node-1")
+        (d.policy_dir / "pod.yaml").write_text(
+            chdir_policy("fwing-only", "pod", selectors="  podSelector:\n    matchLabels:\n      app: fwing\n"))
+        wait_policies(d, 1, pred=lambda ps: ps[0]["state"] == "loaded")
+        wait_scopes(d, {"fwing-only": 2})        # the container's cgroup and its pod's
+        mark = marker()
+        ctd.exec(cid, "sh", "-c", chdirs(mark))
+        subprocess.run(["sh", "-c", chdirs(mark)], check=True)
+        d.wait_for(lambda evs: seen(evs, mark).get("pod") == {"default/fwing/spaceship"},
+                   what="the pod's event")
+        time.sleep(1)
+        assert seen(d.events(), mark)["pod"] == {"default/fwing/spaceship"}   # not the host's
+        assert d.stop() == 0      # before the emulator, whose watches it holds open
+    finally:
+        emulator.close()

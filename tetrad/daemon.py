@@ -195,7 +195,8 @@ class Daemon:
         # policies scoped to pods follow containers; Kubernetes mode's policy resources load like files
         self.containers.on_change = self.policy_manager.workloads_changed
         if self.k8s is not None:
-            self.k8s.on_change = self.policy_manager.workloads_changed
+            self.k8s.on_change = self.containers.k8s_changed
+            self.containers.k8s_changed()
             self.k8s.on_policy = self.policy_manager.kubernetes_policy
             for document in self.k8s.policies():   # listed before the engine started
                 self.policy_manager.kubernetes_policy("ADDED", document)

@@ -139,6 +139,10 @@ class K8sWatcher:
     def pod(self, uid: str) -> PodMeta | None:
         return self._pods.get(uid)
 
+    def container_ids(self) -> list[str]:
+        """The containers of this node's pods, as their statuses name them."""
+        return list(self._by_container)
+
     def policies(self) -> list[dict]:
         """The TracingPolicy/TracingPolicyNamespaced documents known now."""
         return list(self._policies.values())

@@ -276,17 +276,45 @@ class ContainerResolver:
         self._by_cgroup[ids[0]] = cid
         return not known
 
+    def k8s_changed(self) -> None:
+        """The API server's pods changed (called from the K8sWatcher's thread):
+        find the cgroups of containers it names that containerd did not (no
+        containerd, or another runtime) by a walk of the cgroup tree."""
+        named = set(self.k8s.container_ids())
+        for cid in [c for c in self._cgroup_of if c not in named and c not in self._info]:
+            self._cgroup_of.pop(cid, None)     # gone from the API, never known to containerd
+        missing = {cid for cid in named if cid not in self._cgroup_of}
+        if missing and self.paths is not None:
+            root = self.paths.root
+            for dirpath, _dirs, _files in os.walk(root):
+                path = dirpath[len(root):]
+                found = container_from_path(path, self._namespaces) if path else None
+                if found is None or found.id not in missing:
+                    continue
+                pod = pod_cgroup_of(path) if found.pod_uid else ""
+                try:
+                    self._cgroup_of[found.id] = (os.stat(dirpath).st_ino,
+                                                 os.stat(root + pod).st_ino if pod else 0)
+                except OSError:
+                    continue
+        self._changed()
+
     def workloads(self) -> list[Workload]:
         """Every container of a pod (sandboxes included) whose cgroup is known,
         with what policy scopes select on (the API server's pod labels when known)."""
         out = []
         for cid, (cgid, pod_cgid) in list(self._cgroup_of.items()):
             info = self._info.get(cid)
-            if info is None:
-                continue
             meta = None
             if self.k8s is not None:
-                meta = self.k8s.pod_of_container(cid) or (self.k8s.pod(info.pod_uid) if info.pod_uid else None)
+                meta = self.k8s.pod_of_container(cid) or (
+                    self.k8s.pod(info.pod_uid) if info is not None and info.pod_uid else None)
+            if info is None:
+                if meta is not None:   # known from the API server only
+                    status = meta.containers.get(cid, {})
+                    out.append(Workload(cgid, meta.namespace, dict(meta.labels), status.get("name", ""),
+                                        status.get("image", {}).get("name", ""), pod_cgid))
+                continue
             if meta is not None:
                 out.append(Workload(cgid, meta.namespace, dict(meta.labels), info.name, info.image_name,
                                     pod_cgid, info.sandbox))
