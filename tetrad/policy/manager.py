@@ -298,12 +298,16 @@ class PolicyManager:
     def _apply_scope(self, e: Entry, ids: set[int]) -> None:
         if ids == e.scope_ids:
             return
-        if e.program is not None:
-            e.program.set_scope(ids)
-        for nr in e.net_rules:   # kept current while disabled too: enable() installs them
-            nr.rule.cgroup_ids = set(ids)
-        for slot in e.slots:
-            self.enforcer.set_cgroups(slot, ids)
+        try:
+            if e.program is not None:
+                e.program.set_scope(ids)
+            for nr in e.net_rules:   # kept current while disabled too: enable() installs them
+                nr.rule.cgroup_ids = set(ids)
+            for slot in e.slots:
+                self.enforcer.set_cgroups(slot, ids)
+        except Exception as err:   # a full map: say so, keep what is in force, keep running
+            log.error("policy %s: cannot bring its scope to %d cgroups: %s", e.name, len(ids), err)
+            return
         log.info("policy %s applies to %d cgroup(s) (%s)", e.name, len(ids), e.scope.describe())
         e.scope_ids = ids
 
