@@ -61,6 +61,8 @@ BPF_HASH(devices, struct dev_key, u64, 4096);   /* device -> bits of the rules n
 BPF_HASH(pid_scope, u32, u64, 65536);
 BPF_HASH(exec_scope, u32, u64, 65536);
 BPF_HASH(cgroup_scope, u64, u64, 16384);
+BPF_ARRAY(cgroup_scoped, u32, 1);               /* [0]: some rule is scoped to cgroups */
+#define SCOPE_DEPTH 12
 struct binary_key {
     char path[BINARY_KEY_LEN];
 };
@@ -95,6 +97,23 @@ static __always_inline u64 ns_scope_bits(void)
     return ok;
 }
 
+/* A rule scoped to cgroups covers their descendants too; as in enforce_sock.c. */
+static __always_inline u64 scope_bits(u64 cgid)
+{
+    u64 *cb = cgroup_scope.lookup(&cgid);
+    u64 bits = cb ? *cb : 0;
+#pragma clang loop unroll(disable)
+    for (int level = 1; level < SCOPE_DEPTH; level++) {
+        u64 id = bpf_get_current_ancestor_cgroup_id(level);
+        if (!id || id == cgid)
+            break;
+        cb = cgroup_scope.lookup(&id);
+        if (cb)
+            bits |= *cb;
+    }
+    return bits;
+}
+
 /* Returns 1 to allow, 0 to refuse (the opener gets EPERM). */
 int device(struct bpf_cgroup_dev_ctx *ctx)
 {
@@ -112,8 +131,10 @@ int device(struct bpf_cgroup_dev_ctx *ctx)
     u64 cgid = bpf_get_current_cgroup_id();
     u64 *eb = exec_scope.lookup(&tgid);
     u64 *pb = pid_scope.lookup(&tgid);
-    u64 *cb = cgroup_scope.lookup(&cgid);
-    u64 proc_bits = (eb ? *eb : 0) | (pb ? *pb : 0), cgroup_bits = cb ? *cb : 0;
+    u32 zero = 0;
+    u32 *scoped = cgroup_scoped.lookup(&zero);
+    u64 proc_bits = (eb ? *eb : 0) | (pb ? *pb : 0);
+    u64 cgroup_bits = scoped && *scoped ? scope_bits(cgid) : 0;   /* walked only when a rule asks */
     u64 ns_bits = ns_scope_bits();
 
 #pragma clang loop unroll(disable)

@@ -85,6 +85,26 @@ BPF_ARRAY(rules, struct sock_rule, MAX_RULES);
 BPF_HASH(pid_scope, u32, u64, 65536);           /* tgid -> rule bits (matchPIDs), set by userspace */
 BPF_HASH(exec_scope, u32, u64, 65536);          /* tgid -> rule bits from the binary it exec'd */
 BPF_HASH(cgroup_scope, u64, u64, 16384);        /* cgroup id -> rule bits */
+BPF_ARRAY(cgroup_scoped, u32, 1);               /* [0]: some rule is scoped to cgroups */
+#define SCOPE_DEPTH 12
+
+/* A rule scoped to cgroups covers their descendants too (a pod's cgroup: the
+ * containers created in it later). */
+static __always_inline u64 scope_bits(u64 cgid)
+{
+    u64 *cb = cgroup_scope.lookup(&cgid);
+    u64 bits = cb ? *cb : 0;
+#pragma clang loop unroll(disable)
+    for (int level = 1; level < SCOPE_DEPTH; level++) {
+        u64 id = bpf_get_current_ancestor_cgroup_id(level);
+        if (!id || id == cgid)
+            break;
+        cb = cgroup_scope.lookup(&id);
+        if (cb)
+            bits |= *cb;
+    }
+    return bits;
+}
 struct binary_key {
     char path[BINARY_KEY_LEN];
 };
@@ -181,8 +201,10 @@ static __always_inline int decide(u32 hook, u32 family, u32 type, u32 protocol, 
     u64 cgid = bpf_get_current_cgroup_id();
     u64 *eb = exec_scope.lookup(&tgid);
     u64 *pb = pid_scope.lookup(&tgid);
-    u64 *cb = cgroup_scope.lookup(&cgid);
-    u64 proc_bits = (eb ? *eb : 0) | (pb ? *pb : 0), cgroup_bits = cb ? *cb : 0;
+    u32 zero = 0;
+    u32 *scoped = cgroup_scoped.lookup(&zero);
+    u64 proc_bits = (eb ? *eb : 0) | (pb ? *pb : 0);
+    u64 cgroup_bits = scoped && *scoped ? scope_bits(cgid) : 0;   /* walked only when a rule asks */
     u64 ns_bits = ns_scope_bits();
 
 #pragma clang loop unroll(disable)

@@ -223,7 +223,29 @@ BPF_PERCPU_ARRAY(lost_records, u64, 1);
 BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
 BPF_ARRAY(hooks, struct hook_conf, NHOOKS);
 BPF_ARRAY(selectors, struct selector_conf, NHOOKS * MAX_SELECTORS);
-BPF_ARRAY(settings, u32, 2);                 /* [0] enabled, [1] the daemon's own tgid */
+BPF_ARRAY(settings, u32, 3);                 /* [0] enabled, [1] the daemon's own tgid, [2] scoped */
+/* A scoped policy (namespaced, podSelector, containerSelector) applies only to
+ * processes whose cgroup v2, or one of its ancestors, is here: its containers
+ * and pods, kept current by the daemon (tetrad/policy/scope.py).  A pod's
+ * cgroup covers the containers created in it later from their first
+ * instruction.  Empty: the policy applies to nothing. */
+BPF_HASH(scope_cgroups, u64, u8, 16384);
+#define SCOPE_DEPTH 12   /* ancestor levels looked at: kubelet's pods sit at 3 to 6 */
+
+static __always_inline int in_scope(void)
+{
+    u64 cgid = bpf_get_current_cgroup_id();
+    if (scope_cgroups.lookup(&cgid))
+        return 1;
+    for (int level = 1; level < SCOPE_DEPTH; level++) {
+        u64 id = bpf_get_current_ancestor_cgroup_id(level);
+        if (!id || id == cgid)   /* past the task's own level */
+            return 0;
+        if (scope_cgroups.lookup(&id))
+            return 1;
+    }
+    return 0;
+}
 /* arguments saved at entry for the exit; LRU, since an exit can be missed
  * (a hook attached between a thread's entry and exit, exit_group, execve) */
 BPF_TABLE("lru_hash", struct saved_key, struct saved_args, saved, 16384);
@@ -868,6 +890,11 @@ static __always_inline int stage_start(void *ctx, int kp)
     u32 slot = s->slot;
     struct hook_conf *hc = hooks.lookup(&slot);
     if (!hc)
+        return 0;
+    /* here, not in each hook's entry point: one copy of the walk per program type */
+    u32 two = 2;
+    u32 *scoped = settings.lookup(&two);
+    if (scoped && *scoped && !in_scope())
         return 0;
     u64 pid_tgid = bpf_get_current_pid_tgid();
     s64 ret = 0;

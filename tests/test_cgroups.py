@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from tetrad.containers.cgroups import (CgroupPaths, container_from_path,
-                                       container_from_proc_cgroup, container_of_pid)
+                                       container_from_proc_cgroup, container_of_pid, pod_cgroup_of)
 from tetrad.features import detect
 
 ID = "3f3d5e0a9c2b7e4d1a6f8c0b2d4e6f8a1c3e5a7b9d0f2e4c6a8b0d2f4e6a8c0b"
@@ -186,3 +186,16 @@ def test_docker_field_without_containerd_from_a_real_process(v2_cgroup):
         child.kill()
         child.wait()
         resolver.close()
+
+
+@pytest.mark.parametrize("path, pod", [
+    ("/kubepods/besteffort/pod0f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b/" + "a" * 64,
+     "/kubepods/besteffort/pod0f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b"),
+    ("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1d2c3b_4a59_4e6f_8a7b_9c0d1e2f3a4b.slice/"
+     "cri-containerd-" + "b" * 64 + ".scope",
+     "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1d2c3b_4a59_4e6f_8a7b_9c0d1e2f3a4b.slice"),
+    ("/k8s.io/" + "c" * 64, ""),
+    ("/docker/" + "d" * 64, ""),
+])
+def test_pod_cgroup_of_a_container_path(path, pod):
+    assert pod_cgroup_of(path) == pod

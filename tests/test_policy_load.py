@@ -179,7 +179,7 @@ CORPUS_TALLY = {
     "loaded": 19,
     "argument type not supported": 17,
     "kprobe without kprobes and no tracepoint equivalent": 8,
-    "Override needs BPF LSM or kprobe override": 4,
+    "Override needs BPF LSM or kprobe override": 5,
     "lists not supported": 4,
     "returnArgAction not supported": 4,
     "LSM hooks not supported": 3,
@@ -189,7 +189,6 @@ CORPUS_TALLY = {
     "uprobe target binary missing": 2,
     "enforcers not supported": 1,
     "loader sensor not supported": 1,
-    "podSelector not supported": 1,
     "raw tracepoints not supported": 1,
 }
 
@@ -206,7 +205,6 @@ _REASONS = [
     (r"matchCapabilityChanges|isNamespaceCapability", "matchCapabilityChanges/isNamespaceCapability not supported"),
     (r"enforcers", "enforcers not supported"),
     (r"spec\.loader", "loader sensor not supported"),
-    (r"podSelector", "podSelector not supported"),
     (r"raw tracepoints", "raw tracepoints not supported"),
     (r"uprobe .* does not exist", "uprobe target binary missing"),
 ]

@@ -188,9 +188,19 @@ class Daemon:
             self.cfg.tracing_policy_dir, self.features, macros, rb_pages,
             emit=self.observer.emit, builder=self.builder, cache=self.cache, poller=self.poller,
             extra_file=self.cfg.tracing_policy, procfs=self.cfg.procfs,
-            sync_processes=self.sensor.consume, default_backend=self.cfg.hook_backend)
+            sync_processes=self.sensor.consume, default_backend=self.cfg.hook_backend,
+            workloads=self.containers.workloads)
         self.policy_manager.start()
         self.reload_hooks.append(self.policy_manager.reload)
+        # policies scoped to pods follow containers; Kubernetes mode's policy resources load like files
+        self.containers.on_change = self.policy_manager.workloads_changed
+        if self.k8s is not None:
+            self.k8s.on_change = self.containers.k8s_changed
+            self.containers.k8s_changed()
+            self.k8s.on_policy = self.policy_manager.kubernetes_policy
+            for document in self.k8s.policies():   # listed before the engine started
+                self.policy_manager.kubernetes_policy("ADDED", document)
+        self.policy_manager.refresh_scopes()
 
     def _on_record(self, rec) -> None:
         if self._ready:

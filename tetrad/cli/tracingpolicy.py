@@ -66,5 +66,7 @@ def print_policies(policies: list) -> None:
         print(f"{p.get('name') or '-'}  {where}  {p.get('state', '?')}{mode}")
         if p.get("error"):
             print(f"    error: {p['error']}")
+        if p.get("scope"):
+            print(f"    scope: {p['scope']} ({p.get('scope_cgroups', 0)} cgroups)")
         for h in p.get("hooks", []):
             print(f"    {h['hook']}: {h['backend']} ({', '.join(h['attach'])})")

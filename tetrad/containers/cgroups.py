@@ -82,6 +82,16 @@ def container_from_path(path: str,
     return None
 
 
+def pod_cgroup_of(path: str) -> str:
+    """The cgroup path of the pod a kubelet-layout container path belongs to
+    (`/kubepods/<qos>/pod<uid>`, `.../kubepods-<qos>-pod<uid>.slice`), or ""."""
+    parts = path.split("/")
+    for i in range(len(parts) - 1, 0, -1):
+        if _POD_UID.search(parts[i]):
+            return "/".join(parts[:i + 1])
+    return ""
+
+
 def parse_proc_cgroup(text: str) -> dict[str, str]:
     """/proc/<pid>/cgroup -> {hierarchy: path}; the v2 hierarchy is "" and a
     v1 one is named by its controllers ("memory", "name=systemd", ...)."""

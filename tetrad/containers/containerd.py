@@ -45,7 +45,8 @@ _NOT_POD_LABELS = (LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, LABEL_CON
 _NOT_POD_LABEL_PREFIXES = ("io.cri-containerd.", "io.containerd.")
 
 # the events that change what tetrad knows about a container
-EVENT_FILTERS = ('topic~="^/containers/"', 'topic=="/tasks/start"')
+# (/tasks/create names the cgroup before the container's program starts)
+EVENT_FILTERS = ('topic~="^/containers/"', 'topic=="/tasks/create"', 'topic=="/tasks/start"')
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -67,6 +68,7 @@ class ContainerInfo:
     workload: str = ""
     workload_kind: str = ""
     sandbox: bool = False
+    pid: int = 0                        # host pid of its init process (0: no task)
 
 
 def socket_target(address: str) -> str:
@@ -194,7 +196,7 @@ class Describer:
                              sandbox=labels.get(LABEL_KIND) == "sandbox")
         info.name = labels.get(LABEL_CONTAINER_NAME, "")
         info.image_id = self._image_id(namespace, image) or self._image_id(namespace, record.image)
-        pid = self.client.task_pid(namespace, record.id)
+        pid = info.pid = self.client.task_pid(namespace, record.id)
         info.start_time = start_time_of(self.procfs, pid) if pid else ""
         if not info.start_time and record.HasField("created_at"):
             info.start_time = rfc3339(record.created_at.seconds * 1_000_000_000 + record.created_at.nanos)

@@ -84,6 +84,7 @@ class K8sWatcher:
         self.on_policy = on_policy
         self.backoff_s = backoff_s
         self.generation = 0          # bumped on every change, so cached pod objects are rebuilt
+        self.on_change = None        # called after pods change (scoped policies follow labels)
         self._pods: dict[str, PodMeta] = {}          # pod uid -> pod
         self._by_container: dict[str, PodMeta] = {}
         self._policies: dict[tuple, dict] = {}
@@ -137,6 +138,10 @@ class K8sWatcher:
 
     def pod(self, uid: str) -> PodMeta | None:
         return self._pods.get(uid)
+
+    def container_ids(self) -> list[str]:
+        """The containers of this node's pods, as their statuses name them."""
+        return list(self._by_container)
 
     def policies(self) -> list[dict]:
         """The TracingPolicy/TracingPolicyNamespaced documents known now."""
@@ -232,6 +237,8 @@ class K8sWatcher:
         with self._lock:
             self._pods, self._by_container = pods, by_container
             self.generation += 1
+        if self.on_change is not None:
+            self.on_change()
 
     def _on_pod(self, action: str, obj: dict) -> None:
         if (obj.get("spec") or {}).get("nodeName") not in (None, self.node_name):
@@ -249,6 +256,8 @@ class K8sWatcher:
                     by_container[cid] = info
             self._by_container = by_container
             self.generation += 1
+        if self.on_change is not None:
+            self.on_change()
 
     # -- tracing policies -------------------------------------------------------------
     def _policy_replacer(self, plural: str):

@@ -30,8 +30,9 @@ from collections import Counter
 
 import grpc
 
+from ..policy.scope import Workload
 from .cgroups import (DEFAULT_CONTAINERD_NAMESPACES, CgroupPaths, container_from_path,
-                      container_of_pid)
+                      container_of_pid, parse_proc_cgroup, pod_cgroup_of)
 from .containerd import LABEL_KIND, ContainerdClient, ContainerInfo, Describer
 from .pb.containerd.events import container_pb2, task_pb2
 
@@ -73,6 +74,10 @@ class ContainerResolver:
         self._stream = None
         self._threads: list[threading.Thread] = []
         self.client: ContainerdClient | None = None
+        self._cgroup_of: dict[str, tuple[int, int]] = {}   # container id -> (its cgroup v2 id, its pod's)
+        # called (from this module's threads) when containers come, go or change,
+        # so that policies scoped to pods follow them (tetrad/policy/scope.py)
+        self.on_change = None
 
     # -- life cycle -----------------------------------------------------------
     def start(self) -> None:
@@ -219,6 +224,14 @@ class ContainerResolver:
                    else container_pb2.ContainerUpdate())
             msg.ParseFromString(envelope.event.value)
             cid = msg.id
+        elif topic == "/tasks/create":
+            msg = task_pb2.TaskCreate()
+            msg.ParseFromString(envelope.event.value)
+            cid = msg.container_id
+            # its init process waits in the new cgroup until /tasks/start:
+            # scoped policies can cover the container before its program runs
+            if self._learn_cgroup(cid, msg.pid):
+                self._changed()
         elif topic == "/tasks/start":
             msg = task_pb2.TaskStart()
             msg.ParseFromString(envelope.event.value)
@@ -230,6 +243,85 @@ class ContainerResolver:
     def _forget(self, cid: str) -> None:
         self._info.pop(cid, None)
         self._pods.pop(cid, None)
+        self._cgroup_of.pop(cid, None)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def _learn_cgroup(self, cid: str, pid: int) -> bool:
+        """Note the cgroup v2 ids of a container and of its pod (kubelet's
+        `.../pod<uid>/` or `...-pod<uid>.slice/`) from its init process; only a
+        cgroup whose path names the container counts (never the root of a
+        hybrid host's v2 tree, which would be every process)."""
+        if not pid or self.paths is None:
+            return False
+        try:
+            with open(f"{self.procfs}/{pid}/cgroup") as f:
+                path = parse_proc_cgroup(f.read()).get("")
+        except OSError:
+            return False
+        found = container_from_path(path or "/", self._namespaces)
+        if found is None or found.id != cid:
+            return False
+        pod = pod_cgroup_of(path) if found.pod_uid else ""
+        try:
+            ids = (os.stat(self.paths.root + path).st_ino,
+                   os.stat(self.paths.root + pod).st_ino if pod else 0)
+        except OSError:
+            return False
+        known = self._cgroup_of.get(cid) == ids
+        self._cgroup_of[cid] = ids
+        self._by_cgroup[ids[0]] = cid
+        return not known
+
+    def k8s_changed(self) -> None:
+        """The API server's pods changed (called from the K8sWatcher's thread):
+        find the cgroups of containers it names that containerd did not (no
+        containerd, or another runtime) by a walk of the cgroup tree."""
+        named = set(self.k8s.container_ids())
+        for cid in [c for c in self._cgroup_of if c not in named and c not in self._info]:
+            self._cgroup_of.pop(cid, None)     # gone from the API, never known to containerd
+        missing = {cid for cid in named if cid not in self._cgroup_of}
+        if missing and self.paths is not None:
+            root = self.paths.root
+            for dirpath, _dirs, _files in os.walk(root):
+                path = dirpath[len(root):]
+                found = container_from_path(path, self._namespaces) if path else None
+                if found is None or found.id not in missing:
+                    continue
+                pod = pod_cgroup_of(path) if found.pod_uid else ""
+                try:
+                    self._cgroup_of[found.id] = (os.stat(dirpath).st_ino,
+                                                 os.stat(root + pod).st_ino if pod else 0)
+                except OSError:
+                    continue
+        self._changed()
+
+    def workloads(self) -> list[Workload]:
+        """Every container of a pod (sandboxes included) whose cgroup is known,
+        with what policy scopes select on (the API server's pod labels when known)."""
+        out = []
+        for cid, (cgid, pod_cgid) in list(self._cgroup_of.items()):
+            info = self._info.get(cid)
+            meta = None
+            if self.k8s is not None:
+                meta = self.k8s.pod_of_container(cid) or (
+                    self.k8s.pod(info.pod_uid) if info is not None and info.pod_uid else None)
+            if info is None:
+                if meta is not None:   # known from the API server only
+                    status = meta.containers.get(cid, {})
+                    out.append(Workload(cgid, meta.namespace, dict(meta.labels), status.get("name", ""),
+                                        status.get("image", {}).get("name", ""), pod_cgid))
+                continue
+            if meta is not None:
+                out.append(Workload(cgid, meta.namespace, dict(meta.labels), info.name, info.image_name,
+                                    pod_cgid, info.sandbox))
+            elif info.pod_name:
+                out.append(Workload(cgid, info.pod_namespace, dict(info.pod_labels), info.name,
+                                    info.image_name, pod_cgid, info.sandbox))
+        return out
 
     # -- describing containers (worker thread) ---------------------------------
     def _work(self) -> None:
@@ -283,6 +375,8 @@ class ContainerResolver:
         self._info[info.id] = info
         self._pods.pop(info.id, None)
         self.counters["containers_described"] += 1
+        self._learn_cgroup(info.id, info.pid)
+        self._changed()
 
     # -- containerd up/down -------------------------------------------------------
     def _up(self, version: str) -> None:

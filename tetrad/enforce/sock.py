@@ -258,13 +258,37 @@ class SockEnforcer:
                 self._or_bits(b"ns_scope", self.bpf[b"ns_scope"].Key(kind, inum), bit)
         self.rules[slot] = rule
         self._sync_namespace_kinds()   # before the rule is active: it never applies unscoped
+        self._note_cgroup_scoped()
         self.bpf[b"rules"][ctypes.c_int(slot)] = struct_
+
+    def set_cgroups(self, slot: int, cgroup_ids: set[int]) -> None:
+        """Change the cgroups a rule installed with `cgroup_ids` applies to:
+        new ones first, then stale ones out, so a cgroup that stays is never
+        left unguarded in between."""
+        bit = 1 << slot
+        table = self.bpf[b"cgroup_scope"]
+        for cgid in cgroup_ids:
+            self._or_bits(b"cgroup_scope", ctypes.c_uint64(cgid), bit)
+        for k, v in list(table.items()):
+            if v.value & bit and k.value not in cgroup_ids:
+                rest = v.value & ~bit
+                if rest:
+                    table[k] = ctypes.c_uint64(rest)
+                else:
+                    del table[k]
 
     def clear_rule(self, slot: int) -> None:
         self.bpf[b"rules"][ctypes.c_int(slot)] = self.bpf[b"rules"].Leaf()
         self._clear_scope(1 << slot)
         self.rules.pop(slot, None)
         self._sync_namespace_kinds()
+        self._note_cgroup_scoped()
+
+    def _note_cgroup_scoped(self) -> None:
+        """Tell the programs whether to look at cgroups at all (a walk of the
+        caller's ancestors, spared when no rule is scoped to cgroups)."""
+        scoped = any(r.cgroup_ids is not None for r in self.rules.values())
+        self.bpf[b"cgroup_scoped"][ctypes.c_int(0)] = ctypes.c_uint32(int(scoped))
 
     def _sync_namespace_kinds(self) -> None:
         """Per namespace kind, the rules with an entry on it and those NotIn

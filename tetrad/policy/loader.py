@@ -87,7 +87,7 @@ def load_file(path: str | os.PathLike, shown_as: str | None = None) -> list[Poli
     return out
 
 
-def load_document(doc, file: str, index: int) -> Policy | PolicyError:
+def load_document(doc, file: str, index: int | None) -> Policy | PolicyError:
     def error(field: str, reason: str) -> PolicyError:
         return PolicyError(file, index, name, field, reason)
 
@@ -103,6 +103,9 @@ def load_document(doc, file: str, index: int) -> Policy | PolicyError:
         return error("kind", f"{doc.get('kind')!r} is not one of {', '.join(KINDS)}")
     if not name:
         return error("metadata.name", "required field missing")
+    if doc["kind"] == "TracingPolicyNamespaced" and not meta.get("namespace"):
+        return error("metadata.namespace", "required for a TracingPolicyNamespaced (the namespace "
+                                           "whose pods it applies to)")
     if not isinstance(doc.get("spec"), dict):
         return error("spec", "required field missing" if "spec" not in doc else "expected object")
     problems = schema.validate(doc["spec"], schema.spec_schema(), "spec")

@@ -2,10 +2,13 @@
 
 Transport-independent API (the daemon's status file today, its socket API
 later): `list()`, `add(path)`, `delete(name)`, `enable(name)`,
-`disable(name)`, `reload()`.  The directory is watched with inotify and
-re-read on SIGHUP (`reload()`); a file whose content did not change keeps
-its programs attached, so the events of unchanged policies never stop.  A
-replaced policy's new programs are attached before the old ones are closed.
+`disable(name)`, `reload()`; from other threads, `kubernetes_policy()` (the
+custom resources of Kubernetes mode) and `workloads_changed()` (containers
+came or went: scoped policies follow them, see scope.py).  The directory is
+watched with inotify and re-read on SIGHUP (`reload()`); a file whose content
+did not change keeps its programs attached, so the events of unchanged
+policies never stop.  A replaced policy's new programs are attached before
+the old ones are closed.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from ..enforce.sock import SockEnforcer
 from . import hooks as hooks_mod
 from . import loader
 from .events import PolicyEvents, decode
+from .inbox import Inbox
 from .inotify import DirectoryWatcher
 from .loader import PolicyError
 from .model import Policy
 from .program import PolicyProgram, ProgramError
+from .scope import Scope, scope_of
 
 log = logging.getLogger("tetrad.policy")
 
@@ -91,6 +96,8 @@ class Entry:
     dev_slots: list = field(default_factory=list)   # their rule slots in the device enforcer
     monitored: dict = field(default_factory=dict)   # (hook, selector) -> action not taken
     loaded: bool = False
+    scope: Scope | None = None       # the pods/containers it applies to; None: every process
+    scope_ids: set = field(default_factory=set)     # their cgroup ids, as the kernel has them
 
     @property
     def state(self) -> str:
@@ -132,9 +139,10 @@ def prepare(policy: Policy, features, mode: str = "enforce", default_backend: st
 class PolicyManager:
     def __init__(self, directory: str, features, macros: dict, rb_pages: int, emit,
                  builder, cache, poller, extra_file: str = "", procfs: str = "/proc",
-                 sync_processes=lambda: None, default_backend: str = "auto"):
+                 sync_processes=lambda: None, default_backend: str = "auto", workloads=lambda: []):
         """`emit(kind, (event, json_line))` receives each policy event; `sync_processes()`
-        drains the process sensor (see PolicyEvents)."""
+        drains the process sensor (see PolicyEvents); `workloads()` lists the
+        containers scoped policies choose from (scope.Workload)."""
         self.directory = directory
         self.features = features
         self.macros = macros
@@ -147,6 +155,8 @@ class PolicyManager:
         self.procfs = procfs
         self.sync_processes = sync_processes
         self.default_backend = default_backend
+        self.workloads = workloads
+        self.inbox = Inbox()
         self.entries: list[Entry] = []
         self.counts = {"events": 0, "decode_errors": 0, "enforced": 0}
         self.enforcer: SockEnforcer | None = None
@@ -161,6 +171,7 @@ class PolicyManager:
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
+        self.poller.register(self.inbox.fd, self._drain_inbox)
         if os.path.isdir(self.directory):
             try:
                 self.watcher = DirectoryWatcher(self.directory)
@@ -184,6 +195,8 @@ class PolicyManager:
         if self.watcher is not None:
             self.poller.unregister(self.watcher.fileno())
             self.watcher.close()
+        self.poller.unregister(self.inbox.fd)
+        self.inbox.close()
 
     def _on_inotify(self) -> None:
         if self.watcher.drain():
@@ -204,6 +217,9 @@ class PolicyManager:
                     "source": e.source, "mode": e.mode}
             if e.error:
                 item["error"] = e.error
+            if e.scope is not None:
+                item["scope"] = e.scope.describe()
+                item["scope_cgroups"] = len(e.scope_ids)
             if e.policy is not None and e.plans:
                 item["hooks"] = [{"hook": f"{h.kind} {h.name}", "backend": p.backend,
                                   "attach": [f"{k} {t}" for k, t, _ in p.attach],
@@ -234,8 +250,8 @@ class PolicyManager:
                 new_entries.append(old)
                 continue
             new_entries.append(self._make_entry(file, doc, source, result, digest))
-        api = [e for e in self.entries if e.source == "api"]
-        self._replace(new_entries + api)
+        others = [e for e in self.entries if e.source in ("api", "k8s")]
+        self._replace(new_entries + others)
 
     def add(self, path: str) -> list[dict]:
         """Load one file from anywhere (as `tetra tracingpolicy add`)."""
@@ -244,6 +260,69 @@ class PolicyManager:
         names = {e.name for e in added if e.name}
         self._replace([e for e in self.entries if e.name not in names or e.source != "api"] + added)
         return [i for i in self.list() if i["file"] == str(path)]
+
+    # -- from other threads ---------------------------------------------------
+    def kubernetes_policy(self, action: str, document: dict) -> None:
+        """A TracingPolicy(Namespaced) custom resource ADDED, MODIFIED or DELETED."""
+        self.inbox.put(("k8s", action, document))
+
+    def workloads_changed(self) -> None:
+        self.inbox.put(("workloads",))
+
+    def _drain_inbox(self) -> None:
+        scopes = False
+        for item in self.inbox.drain():
+            if item[0] == "k8s":
+                self._apply_k8s(item[1], item[2])
+            scopes = True
+        if scopes:
+            self.refresh_scopes()
+
+    def _apply_k8s(self, action: str, doc: dict) -> None:
+        """Load, replace or remove a custom resource like a file; it is named
+        k8s:NAMESPACE/NAME (k8s:NAME for a cluster-wide one) in errors and lists."""
+        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+        ns, name = meta.get("namespace") or "", meta.get("name") or ""
+        file = f"k8s:{ns}/{name}" if ns else f"k8s:{name}"
+        others = [e for e in self.entries if not (e.source == "k8s" and e.file == file)]
+        if action == "DELETED":
+            if len(others) != len(self.entries):
+                log.info("policy %s removed from the Kubernetes API", file)
+                self._replace(others)
+            return
+        digest = hashlib.sha256(json.dumps([doc.get("kind"), meta.get("namespace"), doc.get("spec")],
+                                           sort_keys=True, default=str).encode()).hexdigest()
+        if any(e.source == "k8s" and e.file == file and e.digest == digest for e in self.entries):
+            return     # a resync of what is loaded
+        result = loader.load_document(doc, file, None)
+        self._replace(others + [self._make_entry(file, None, "k8s", result, digest)])
+
+    def refresh_scopes(self) -> None:
+        """Bring every scoped policy's cgroup ids in the kernel up to date."""
+        if not any(e.scope is not None and e.loaded for e in self.entries):
+            return
+        workloads = self.workloads()
+        for e in self.entries:
+            if e.scope is not None and e.loaded:
+                self._apply_scope(e, e.scope.cgroup_ids(workloads))
+
+    def _apply_scope(self, e: Entry, ids: set[int]) -> None:
+        if ids == e.scope_ids:
+            return
+        try:
+            if e.program is not None:
+                e.program.set_scope(ids)
+            for nr in e.net_rules + e.dev_rules:   # kept current while disabled too: enable() installs them
+                nr.rule.cgroup_ids = set(ids)
+            for slot in e.slots:
+                self.enforcer.set_cgroups(slot, ids)
+            for slot in e.dev_slots:
+                self.dev_enforcer.set_cgroups(slot, ids)
+        except Exception as err:   # a full map: say so, keep what is in force, keep running
+            log.error("policy %s: cannot bring its scope to %d cgroups: %s", e.name, len(ids), err)
+            return
+        log.info("policy %s applies to %d cgroup(s) (%s)", e.name, len(ids), e.scope.describe())
+        e.scope_ids = ids
 
     def delete(self, name: str) -> bool:
         """Unload a policy; one from the directory comes back at the next reload
@@ -335,10 +414,8 @@ class PolicyManager:
             log.error("policy rejected: %s", result)
             return Entry(file, doc, result.name, digest, error=str(result), source=source)
         policy: Policy = result
-        if policy.kind == "TracingPolicyNamespaced":
-            log.warning("policy %s: TracingPolicyNamespaced applies to every process here: tetrad "
-                        "does not yet restrict it to the pods of namespace %r", policy.name, policy.namespace)
-        entry = Entry(file, doc, policy.name, digest, policy=policy, source=source, full_policy=policy)
+        entry = Entry(file, doc, policy.name, digest, policy=policy, source=source, full_policy=policy,
+                      scope=scope_of(policy.kind, policy.namespace, policy.spec))
         try:
             entry.mode = self._modes.get(policy.name) or policy_mode(policy)
             entry.policy, entry.plans, entry.net_rules, entry.monitored, entry.dev_rules = prepare(
@@ -351,16 +428,17 @@ class PolicyManager:
 
     def _replace(self, entries: list[Entry]) -> None:
         """Make `entries` the loaded set: attach the new ones, then drop what went away."""
-        seen: dict[str, Entry] = {}
+        seen: dict[tuple, Entry] = {}
         for e in entries:
             if e.policy is None or e.error:
                 continue
-            if e.name in seen and seen[e.name] is not e:
+            key = (e.policy.namespace if e.policy.kind == "TracingPolicyNamespaced" else "", e.name)
+            if key in seen and seen[key] is not e:
                 e.error = (f"{e.policy.where}: metadata.name: a policy named {e.name!r} is already "
-                           f"loaded from {seen[e.name].file}")
+                           f"loaded from {seen[key].file}")
                 log.error("policy rejected: %s", e.error)
                 continue
-            seen[e.name] = e
+            seen[key] = e
             if not e.loaded:
                 self._load(e)
         current = {id(e) for e in entries}
@@ -372,6 +450,10 @@ class PolicyManager:
 
     def _load(self, e: Entry) -> None:
         started = time.monotonic()
+        if e.scope is not None:   # in force from the first event on
+            e.scope_ids = e.scope.cgroup_ids(self.workloads())
+            for nr in e.net_rules + e.dev_rules:
+                nr.rule.cgroup_ids = set(e.scope_ids)
         if e.net_rules or e.dev_rules:
             try:
                 self._enforce(e)
@@ -389,6 +471,8 @@ class PolicyManager:
             program = PolicyProgram(e.policy, e.plans, self.macros, self.rb_pages,
                                     self.features.tracefs or "/sys/kernel/tracing", self.procfs)
             try:
+                if e.scope is not None:
+                    program.set_scope(e.scope_ids)
                 program.load()
                 program.open(self._on_record)
             except Exception:
@@ -408,6 +492,9 @@ class PolicyManager:
         self.poller.register(program.fileno(), program.consume)
         log.info("policy %s loaded from %s in %.2fs: %s", e.name, e.file, time.monotonic() - started,
                  "; ".join(f"{h.kind} {h.name} -> {p.describe()}" for h, p in zip(e.policy.hooks, e.plans)))
+        if e.scope is not None:
+            log.info("policy %s applies only to %s: %d cgroup(s) now", e.name,
+                     e.scope.describe(), len(e.scope_ids))
 
     def _unload(self, e: Entry) -> None:
         self._release_slots(e)

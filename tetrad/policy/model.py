@@ -66,14 +66,14 @@ class Policy:
     name: str
     kind: str                 # TracingPolicy or TracingPolicyNamespaced
     file: str                 # as shown to users: relative to the policy directory
-    document: int             # index of the YAML document in the file
+    document: int | None      # index of the YAML document in the file (None: a Kubernetes object)
     spec: dict
     namespace: str = ""
     hooks: list[Hook] = field(default_factory=list)
 
     @property
     def where(self) -> str:
-        return f"{self.file}[{self.document}]"
+        return self.file if self.document is None else f"{self.file}[{self.document}]"
 
 
 def hooks_of(spec: dict) -> list[Hook]:

@@ -177,6 +177,19 @@ class PolicyProgram:
     def set_enabled(self, enabled: bool) -> None:
         self.bpf["settings"][ctypes.c_int(0)] = ctypes.c_uint32(1 if enabled else 0)
 
+    def set_scope(self, cgroup_ids: set[int] | None) -> None:
+        """Restrict the policy to processes of these cgroups (None: every
+        process).  New ids go in before stale ones go out, so a container that
+        stays in scope is never left out in between."""
+        table = self.bpf["scope_cgroups"]
+        wanted = cgroup_ids or set()
+        old = {k.value for k in table.keys()}
+        for cgid in wanted - old:
+            table[ctypes.c_uint64(cgid)] = ctypes.c_uint8(1)
+        self.bpf["settings"][ctypes.c_int(2)] = ctypes.c_uint32(0 if cgroup_ids is None else 1)
+        for cgid in old - wanted:
+            del table[ctypes.c_uint64(cgid)]
+
     def _configure_hook(self, slot: int, hook: Hook, plan: Plan) -> None:
         conf = self.bpf["hooks"].Leaf()
         kprobe_ctx = plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)

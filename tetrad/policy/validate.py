@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from . import scope
+
 # Tetragon's limits (pkg/selectors, bpf/process/types/basic.h).
 MAX_SELECTORS = 5            # selectors per hook
 MAX_MATCH_ARGS = 5           # matchArgs (+ matchData) per selector
@@ -56,8 +58,6 @@ UNSUPPORTED_SECTIONS = {
     "fentries": "fentry hooks (fentries) are not supported by tetrad yet",
     "enforcers": "enforcers are not supported by tetrad yet",
     "lists": "lists (spec.lists) are not supported by tetrad yet",
-    "podSelector": "podSelector needs Kubernetes pod resolution, which tetrad does not do yet",
-    "containerSelector": "containerSelector is not supported by tetrad yet",
     "loader": "the loader sensor (spec.loader) is not supported by tetrad yet",
     "hostSelector": "hostSelector is not supported by tetrad yet",
 }
@@ -84,6 +84,11 @@ def check_spec(spec: dict) -> list[tuple[str, str]]:
     for key, why in UNSUPPORTED_SECTIONS.items():
         if spec.get(key) not in (None, [], {}, False):
             errors.append((f"spec.{key}", why))
+    if spec.get("podSelector") is not None:
+        errors += scope.check_selector(spec["podSelector"], "spec.podSelector")
+    if spec.get("containerSelector") is not None:
+        errors += scope.check_selector(spec["containerSelector"], "spec.containerSelector",
+                                       scope.CONTAINER_FIELDS)
     if not any(spec.get(k) for k in ("kprobes", "tracepoints", "uprobes")):
         errors.append(("spec", "no kprobes, tracepoints or uprobes: the policy hooks nothing"))
     hooks = (len(spec.get("kprobes") or ()) + len(spec.get("tracepoints") or ())
