@@ -2,8 +2,8 @@
 with a real containerd and runc and a real daemon: a TracingPolicyNamespaced
 sees only its namespace's pod, a podSelector only the matching pod, a
 containerSelector only the matching container, host processes none; a
-connect-deny policy with a podSelector refuses the pod's connect (EPERM) and
-not the host's.  Policy resources served by a Kubernetes API *emulator* (kmock,
+connect-deny and a device-deny policy with a podSelector refuse the pod's
+connect and open (EPERM), not the host's.  Policy resources served by a Kubernetes API *emulator* (kmock,
 not a real API server) are loaded, replaced and removed."""
 
 from __future__ import annotations
@@ -220,6 +220,62 @@ def test_connect_deny_with_a_pod_selector_blocks_only_that_pod(ctd, start_daemon
         assert verdicts[0]["process"]["pod"]["name"] == "awing"
     finally:
         srv.close()
+
+
+DEVICE_DENY = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: awing-no-full
+spec:
+  podSelector:
+    matchLabels:
+      app: awing
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args:
+    - index: 1
+      type: string
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: Equal
+        values: ["{node}"]
+      matchActions:
+      - action: Override
+        argError: -1
+"""
+
+OPEN = ("import sys\ntry:\n    open(sys.argv[1], 'rb').close()\n    print('opened')\n"
+        "except OSError as e:\n    print('errno', e.errno)\n")
+
+
+def open_from(cgroup_dir: str | None, path: str) -> str:
+    join = f'echo $$ > "{cgroup_dir}/cgroup.procs" && ' if cgroup_dir else ""
+    out = subprocess.run(["sh", "-c", f'{join}exec python3 -c "$0" "$1"', OPEN, path],
+                         capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.strip()
+
+
+def test_device_deny_with_a_pod_selector_refuses_only_that_pod(ctd, start_daemon, tmp_path):  # noqa: F811
+    awing, awing_cid = start_pod(ctd, "awing", "default", {"app": "awing"}, "spaceship")
+    node = tmp_path / "full"
+    os.mknod(node, 0o666 | 0o020000, os.makedev(1, 7))   # /dev/full's numbers
+    os.chmod(tmp_path, 0o755)
+    d = start_daemon(f"--containerd-address={ctd.socket}")
+    (d.policy_dir / "deny.yaml").write_text(DEVICE_DENY.format(node=node))
+    wait_policies(d, 1, pred=lambda ps: ps[0]["state"] == "loaded")
+    wait_scopes(d, {"awing-no-full": 2})
+    root = detect("/sys/kernel/btf/vmlinux", quick=True).cgroup_v2_root
+    with open(f"/proc/{ctd.task_pid(awing_cid)}/cgroup") as f:
+        pod_cgroup = root + [l[3:].strip() for l in f if l.startswith("0::")][0]
+    assert open_from(pod_cgroup, str(node)) == "errno 1"      # EPERM, before the driver
+    assert open_from(None, str(node)) == "opened"              # the host: allowed
+    verdicts = d.wait_for(lambda evs: [e["process_kprobe"] for e in evs if "process_kprobe" in e
+                                       and e["process_kprobe"]["policy_name"] == "awing-no-full"],
+                          what="the refusal's event")
+    assert verdicts[0]["action"] == "KPROBE_ACTION_OVERRIDE"
+    assert verdicts[0]["process"]["pod"]["name"] == "awing"
 
 
 def test_policy_resources_from_the_kubernetes_api_emulator(start_daemon, tmp_path):
