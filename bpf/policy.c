@@ -920,7 +920,8 @@ static __always_inline int stage_start(void *ctx, int kp)
             return 0;
         }
     } else {
-        struct saved_args *sa = saved.lookup(&sk);
+        /* only a hook attached at both ends saved anything at entry */
+        struct saved_args *sa = (hc->flags & HOOKF_AT_EXIT) ? saved.lookup(&sk) : 0;
         if (sa) {
             __builtin_memcpy(s->raw, sa->raw, sizeof(sa->raw));
             saved.delete(&sk);
