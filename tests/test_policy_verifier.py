@@ -19,11 +19,11 @@ def test_every_policy_program_passes_the_verifier():
         loaded = []
         for prefix, ptype in (("tp", BPF.TRACEPOINT), ("kp", BPF.KPROBE)):
             for stage in RUNNER_STAGES:
-                loaded.append(bpf.load_func(f"{prefix}_{stage}", ptype))
+                loaded.append(bpf.load_func(f"{prefix}_{stage}".encode(), ptype))
         for slot in (0, MAX_HOOKS - 1):
             for phase in ("enter", "exit"):
-                loaded.append(bpf.load_func(f"hook{slot}_{phase}", BPF.TRACEPOINT))
-                loaded.append(bpf.load_func(f"khook{slot}_{phase}", BPF.KPROBE))
+                loaded.append(bpf.load_func(f"hook{slot}_{phase}".encode(), BPF.TRACEPOINT))
+                loaded.append(bpf.load_func(f"khook{slot}_{phase}".encode(), BPF.KPROBE))
         assert all(fn.fd >= 0 for fn in loaded)
     finally:
         bpf.cleanup()
