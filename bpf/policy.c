@@ -283,17 +283,25 @@ static __always_inline void read_raw_args(void *ctx, struct hook_conf *hc, u64 *
         raw[i] = read_ctx_field(ctx, hc->tp_off[i], hc->tp_size[i], hc->tp_signed[i]);
 }
 
-/* The struct file behind fd `fd` of the current task. */
+/* The struct file behind fd `fd` of the current task (every open of a
+ * file costs this lookup under an fd_install equivalent). */
 static __always_inline void *file_of_fd(u64 fd)
 {
     void *task = (void *)bpf_get_current_task();
     void *files = PTR_MEMBER(task, task_struct, files);
     void *fdt = PTR_MEMBER(files, files_struct, fdt);
+#if OFF_fdtable__max_fds == 0 && OFF_fdtable__fd == 8
+    struct { u32 max_fds; u32 pad; void **fd; } t = {};   /* both in one read */
+    bpf_probe_read_kernel(&t, sizeof(t), fdt);
+    u32 max = t.max_fds;
+    void **fds = t.fd;
+#else
     u32 max = 0;
     READ_MEMBER(max, fdt, fdtable, max_fds);
+    void **fds = PTR_MEMBER(fdt, fdtable, fd);
+#endif
     if (fd >= max)
         return 0;
-    void **fds = PTR_MEMBER(fdt, fdtable, fd);
     return read_ptr(&fds[fd]);
 }
 
@@ -484,8 +492,15 @@ static __always_inline void read_value(struct scratch *s, struct arg_conf *ac, u
     case ARG_PATH: {
         /* a file's f_path is a struct path */
         void *path = (void *)v + (ac->type == ARG_FILE ? OFF_file__f_path_mnt - OFF_path__mnt : 0);
-        if (v)
-            append_path(s, PTR_MEMBER(path, path, dentry), PTR_MEMBER(path, path, mnt));
+        if (!v)
+            break;
+#if OFF_path__mnt == 0 && OFF_path__dentry == 8
+        void *mnt_dentry[2] = {};   /* both in one read */
+        bpf_probe_read_kernel(mnt_dentry, sizeof(mnt_dentry), path);
+        append_path(s, mnt_dentry[1], mnt_dentry[0]);
+#else
+        append_path(s, PTR_MEMBER(path, path, dentry), PTR_MEMBER(path, path, mnt));
+#endif
         break;
     }
     case ARG_SOCK:
@@ -893,6 +908,7 @@ static __always_inline void emit(struct scratch *s)
     if (size > sizeof(*r))
         size = sizeof(*r);
     r->h.size = size;
+    r->h.ktime = bpf_ktime_get_ns();   /* here: most hook runs end without a record */
     if (events.ringbuf_output(r, size, 0) != 0) {
         u32 zero = 0;
         u64 *n = lost_records.lookup(&zero);
@@ -941,7 +957,6 @@ static __always_inline int stage_start(void *ctx, int kp)
     struct policy_record *r = &s->rec;
     __builtin_memset(r, 0, RECORD_FIXED);
     r->h.type = RECORD_POLICY;
-    r->h.ktime = bpf_ktime_get_ns();
     r->hook = slot;
     r->pid = pid_tgid >> 32;
     r->tid = (u32)pid_tgid;
