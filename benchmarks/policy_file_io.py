@@ -18,6 +18,9 @@ and three configurations:
   hook floor       an empty BPF program attached to every attach point tetrad uses
                    for the policy (`tracingpolicy list`): what the hooks cost by
                    themselves, whatever the program does
+  raw_syscalls floor  an empty program on the raw tracepoints raw_syscalls:sys_enter
+                   and sys_exit instead: the cheaper-looking alternative, which
+                   every syscall of every task runs
   tetrad           the daemon with the policy loaded, exporting to a file
 
 It prints the time of each, the ratios against untraced, the events exported
@@ -68,6 +71,8 @@ print((time.perf_counter_ns() - start) / n)
 EVENTS_PER_ITERATION = 3    # fd_install (FollowFD), sys_read, sys_close (UnfollowFD)
 TARGET_EVENTS_PER_S = 20000
 EMPTY_PROGRAM = "int empty(void *ctx) { return 0; }"
+EMPTY_RAW_PROGRAM = "int empty_raw(struct bpf_raw_tracepoint_args *ctx) { return 0; }"
+RAW_SYSCALLS = ("sys_enter", "sys_exit")
 
 
 class Pod:
@@ -192,21 +197,29 @@ class Daemon:
 
 
 class Floor:
-    """An empty BPF program on each of tetrad's attach points (tracepoints here)."""
+    """An empty BPF program on each of tetrad's attach points (tracepoints
+    here), or on raw_syscalls' sys_enter and sys_exit, the alternative: two
+    raw tracepoints that every syscall of every task runs."""
 
     def __init__(self, points: list[str]):
         from bcc import BPF
-        self.points = [p.split(" ", 1)[1] for p in points]
         if any(not p.startswith("tracepoint ") for p in points):
             sys.exit(f"the hook floor measures tracepoints only; the policy attached {points}")
-        self.bpf = BPF(text=EMPTY_PROGRAM)
+        self.points = [p.split(" ", 1)[1] for p in points]
+        self.bpf = BPF(text=EMPTY_PROGRAM + "\n" + EMPTY_RAW_PROGRAM)
 
-    def attach(self) -> None:
-        for tp in self.points:
+    def attach(self, raw: bool = False) -> None:
+        if raw:
+            for tp in RAW_SYSCALLS:
+                self.bpf.attach_raw_tracepoint(tp=tp, fn_name="empty_raw")
+        for tp in [] if raw else self.points:
             self.bpf.attach_tracepoint(tp=tp, fn_name="empty")
 
-    def detach(self) -> None:
-        for tp in self.points:
+    def detach(self, raw: bool = False) -> None:
+        if raw:
+            for tp in RAW_SYSCALLS:
+                self.bpf.detach_raw_tracepoint(tp=tp)
+        for tp in [] if raw else self.points:
             self.bpf.detach_tracepoint(tp=tp)
 
 
@@ -223,7 +236,7 @@ def main() -> None:
     pod = Pod()
     loads = Workloads(pod, work, args.iterations)
     names = list(loads.all())
-    results = {c: {n: [] for n in names} for c in ("untraced", "floor", "tetrad")}
+    results = {c: {n: [] for n in names} for c in ("untraced", "floor", "raw floor", "tetrad")}
     events, lost, cpu = {}, {}, {}
     try:
         for name, fn in loads.all().items():   # warm the page cache and the binaries
@@ -261,24 +274,25 @@ def main() -> None:
         finally:
             daemon.stop()
 
-        # untraced and the hook floor, interleaved so that drift hits both alike
+        # untraced and the hook floors, interleaved so that drift hits them alike
         floor = Floor(points)
         for _ in range(args.runs):
             for name, fn in loads.all().items():
                 results["untraced"][name].append(fn())
-                floor.attach()
-                try:
-                    results["floor"][name].append(fn())
-                finally:
-                    floor.detach()
+                for config, raw in (("floor", False), ("raw floor", True)):
+                    floor.attach(raw)
+                    try:
+                        results[config][name].append(fn())
+                    finally:
+                        floor.detach(raw)
     finally:
         pod.close()
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"policy {POLICY.name}; attach points: {', '.join(p.split(':')[-1] for p in points)}")
     print(f"{args.runs} runs each, median (min); loop in ns per open/read/close, tar in ms")
-    print(f"{'workload':15s} {'untraced':>16s} {'hook floor':>24s} {'tetrad':>24s} "
-          f"{'events':>8s} {'lost':>6s} {'daemon CPU':>10s}")
+    print(f"{'workload':15s} {'untraced':>16s} {'hook floor':>24s} {'raw_syscalls floor':>24s} "
+          f"{'tetrad':>24s} {'events':>8s} {'lost':>7s} {'daemon CPU':>10s}")
     for name in names:
         scale = 1 if name.startswith("loop") else 1000
         base = median(results["untraced"][name])
@@ -291,8 +305,9 @@ def main() -> None:
 
         print(f"{name:15s} {cell(results['untraced'][name]):>16s} "
               f"{cell(results['floor'][name]) + ' ' + ratio(results['floor'][name]):>24s} "
+              f"{cell(results['raw floor'][name]) + ' ' + ratio(results['raw floor'][name]):>24s} "
               f"{cell(results['tetrad'][name]) + ' ' + ratio(results['tetrad'][name]):>24s} "
-              f"{events[name]:8,d} {lost[name]:6,d} {cpu[name]:9.2f}s")
+              f"{events[name]:8,d} {lost[name]:7,d} {cpu[name]:9.2f}s")
     print(f"paced:  {paced_events:,} process_kprobe exported in {paced_s:.1f}s of a loop in the pod paced "
           f"to {TARGET_EVENTS_PER_S:,} matching events/s ({paced_events / paced_s:,.0f}/s); "
           f"lost in kernel: {paced_lost:,}")
