@@ -12,9 +12,10 @@ the "tracked" runs would measure nothing.  Workloads:
   tar tracked      `tar cf - /etc | cat`, 40 passes: every file of /etc followed and
                    its reads reported (unpaced: more than the daemon can export)
 
-and three configurations:
+and four configurations, measured in rounds (the daemon started afresh for
+each) so that the drift of a shared machine hits them alike:
 
-  untraced         no BPF program attached (measured before and after the others)
+  untraced         no BPF program attached
   hook floor       an empty BPF program attached to every attach point tetrad uses
                    for the policy (`tracingpolicy list`): what the hooks cost by
                    themselves, whatever the program does
@@ -28,7 +29,12 @@ and the records lost in the kernel, then a storm paced to 20,000 matching
 events/s (lost records) and the time from a new policy file to its first
 event.  Numbers only; nothing is asserted.
 
-    .venv/bin/python benchmarks/policy_file_io.py [--runs 5] [--iterations 100000]
+    .venv/bin/python benchmarks/policy_file_io.py [--runs 5] [--iterations 100000] [--bpf-stats]
+
+--bpf-stats also prints the time each of the daemon's BPF programs takes per
+run on the untracked loop (kernel.bpf_stats_enabled is set for that run, then
+cleared; it needs bpftool; each run's figure includes about 30 ns of the
+accounting itself, as an empty program shows).
 
 BENCH_POLICY=file runs it under another policy (the daemon rejects unknown
 TETRAD_* variables, hence the name).
@@ -189,7 +195,38 @@ class Daemon:
         out = subprocess.run(TETRAD + ["tracingpolicy", "list", "-o", "json",
                                        f"--server-address=unix://{self.work}/run/tetrad.sock"],
                              capture_output=True, text=True, check=True).stdout
-        return sorted({a for p in json.loads(out) for h in p.get("hooks", []) for a in h["attach"]})
+        policies = json.loads(out)
+        # bpf/policy.c names a hook's programs by its position: hook<n>_enter/exit
+        self.hook_names = {f"hook{n}": h["hook"] for n, h in enumerate(policies[0].get("hooks", []))}
+        return sorted({a for p in policies for h in p.get("hooks", []) for a in h["attach"]})
+
+    def bpf_stats(self, workload) -> dict[str, float]:
+        """ns per run of each of the daemon's BPF programs during `workload()`."""
+        def programs():
+            ids = set()
+            for fd in os.listdir(f"/proc/{self.proc.pid}/fdinfo"):
+                try:
+                    ids |= {int(line.split()[1]) for line in open(f"/proc/{self.proc.pid}/fdinfo/{fd}")
+                            if line.startswith("prog_id:")}
+                except OSError:
+                    pass
+            shown = json.loads(subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True,
+                                              text=True, check=True).stdout)
+            return {p["name"]: (p.get("run_time_ns", 0), p.get("run_cnt", 0)) for p in shown if p["id"] in ids}
+
+        subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
+        try:
+            before = programs()
+            workload()
+            after = programs()
+        finally:
+            subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
+        out = {}
+        for name, (ns, runs) in after.items():
+            ns0, runs0 = before.get(name, (0, 0))
+            if runs - runs0 > 0:
+                out[name] = ((ns - ns0) / (runs - runs0), runs - runs0)
+        return out
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -231,27 +268,47 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5, help="runs of each workload per configuration")
     ap.add_argument("--iterations", type=int, default=100000, help="iterations of the Python loop per run")
+    ap.add_argument("--bpf-stats", action="store_true", help="time each BPF program on the untracked loop")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tetrad-bench-"))
     pod = Pod()
     loads = Workloads(pod, work, args.iterations)
     names = list(loads.all())
     results = {c: {n: [] for n in names} for c in ("untraced", "floor", "raw floor", "tetrad")}
-    events, lost, cpu = {}, {}, {}
+    events, lost, cpu = ({n: 0 for n in names} for _ in range(3))
     try:
         for name, fn in loads.all().items():   # warm the page cache and the binaries
             fn()
+        # rounds of every configuration, so that the machine's drift (other
+        # work on it) hits them alike: the daemon is started for each round
+        floor = None
+        for _ in range(args.runs):
+            daemon = Daemon(work, POLICY.read_text())
+            try:
+                points = daemon.attach_points()
+                for name, fn in loads.all().items():
+                    before = daemon.quiet()
+                    results["tetrad"][name].append(fn())
+                    after = daemon.quiet()
+                    for total, a, b in zip((events, lost, cpu), after, before):
+                        total[name] += a - b
+            finally:
+                daemon.stop()
+            floor = floor or Floor(points)
+            for name, fn in loads.all().items():
+                results["untraced"][name].append(fn())
+                for config, raw in (("floor", False), ("raw floor", True)):
+                    floor.attach(raw)
+                    try:
+                        results[config][name].append(fn())
+                    finally:
+                        floor.detach(raw)
 
         daemon = Daemon(work, POLICY.read_text())
         try:
-            points = daemon.attach_points()
-            for name, fn in loads.all().items():
-                before = daemon.quiet()
-                for _ in range(args.runs):
-                    results["tetrad"][name].append(fn())
-                after = daemon.quiet()
-                events[name], lost[name], cpu[name] = (a - b for a, b in zip(after, before))
-
+            daemon.attach_points()
+            stats = daemon.bpf_stats(loads.all()["loop untracked"]) if args.bpf_stats else {}
+            hook_names = daemon.hook_names
             # paced: TARGET_EVENTS_PER_S matching events per second in the pod
             before = daemon.quiet()
             t0 = time.monotonic()
@@ -273,24 +330,13 @@ def main() -> None:
                     latency = time.monotonic() - t1
         finally:
             daemon.stop()
-
-        # untraced and the hook floors, interleaved so that drift hits them alike
-        floor = Floor(points)
-        for _ in range(args.runs):
-            for name, fn in loads.all().items():
-                results["untraced"][name].append(fn())
-                for config, raw in (("floor", False), ("raw floor", True)):
-                    floor.attach(raw)
-                    try:
-                        results[config][name].append(fn())
-                    finally:
-                        floor.detach(raw)
     finally:
         pod.close()
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"policy {POLICY.name}; attach points: {', '.join(p.split(':')[-1] for p in points)}")
-    print(f"{args.runs} runs each, median (min); loop in ns per open/read/close, tar in ms")
+    print(f"{args.runs} rounds of every configuration, median (min); loop in ns per open/read/close, "
+          f"tar in ms; events, lost and daemon CPU summed over the rounds")
     print(f"{'workload':15s} {'untraced':>16s} {'hook floor':>24s} {'raw_syscalls floor':>24s} "
           f"{'tetrad':>24s} {'events':>8s} {'lost':>7s} {'daemon CPU':>10s}")
     for name in names:
@@ -308,6 +354,11 @@ def main() -> None:
               f"{cell(results['raw floor'][name]) + ' ' + ratio(results['raw floor'][name]):>24s} "
               f"{cell(results['tetrad'][name]) + ' ' + ratio(results['tetrad'][name]):>24s} "
               f"{events[name]:8,d} {lost[name]:7,d} {cpu[name]:9.2f}s")
+    if stats:
+        print(f"BPF programs on the untracked loop ({args.iterations:,} iterations), ns per run:")
+        for name, (ns, runs) in sorted(stats.items()):
+            hook = hook_names.get(name.rsplit("_", 1)[0], "")
+            print(f"  {name:36s} {hook:20s} {ns:7.1f} ns x {runs / args.iterations:.2f} per iteration")
     print(f"paced:  {paced_events:,} process_kprobe exported in {paced_s:.1f}s of a loop in the pod paced "
           f"to {TARGET_EVENTS_PER_S:,} matching events/s ({paced_events / paced_s:,.0f}/s); "
           f"lost in kernel: {paced_lost:,}")
