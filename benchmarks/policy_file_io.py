@@ -265,6 +265,8 @@ def median(xs):
 
 
 def main() -> None:
+    # a SIGTERM unwinds like ^C, so that the daemon, the pod and the files go
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5, help="runs of each workload per configuration")
     ap.add_argument("--iterations", type=int, default=100000, help="iterations of the Python loop per run")
