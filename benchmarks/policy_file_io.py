@@ -1,13 +1,40 @@
-"""File-I/O storm under the `sys-read-follow-prefix` example policy.
+"""File I/O under the `sys-read-follow-prefix` example policy: where the time goes.
 
-Runs an open/read/close loop on a path the policy follows (/etc/hostname)
-and on one it does not (a file in a temporary directory), first with no
-daemon, then with a daemon that has the policy loaded; prints the overhead
-ratio of each against the untraced run, the matching events per second the
-daemon exported, the records lost in the kernel, and how long a new policy
-file takes to produce its first event.  Numbers only; nothing is asserted.
+Each workload runs in a pid namespace entered with nsenter, as `kubectl exec`
+runs a command in a pod: the example's matchPIDs (NotIn [1], isNamespacePID)
+only ever matches such processes, so on the host nothing would be followed and
+the "tracked" runs would measure nothing.  Workloads:
 
-    .venv/bin/python benchmarks/policy_file_io.py [seconds]
+  loop untracked   open/read/close of a 100-byte file outside /etc/ (Python, ns per iteration)
+  loop tracked     the same on /etc/hostname: 3 events per iteration (open, read, close)
+  tar untracked    `tar cf - /usr/share/doc | cat`, 4 passes: real files, about 110k
+                   syscalls per pass (reads, writes, opens, stats) (ms per run)
+  tar tracked      `tar cf - /etc | cat`, 40 passes: every file of /etc followed and
+                   its reads reported (unpaced: more than the daemon can export)
+
+and four configurations, measured in rounds (the daemon started afresh for
+each) so that the drift of a shared machine hits them alike:
+
+  untraced         no BPF program attached
+  hook floor       an empty BPF program attached to every attach point tetrad uses
+                   for the policy (`tracingpolicy list`): what the hooks cost by
+                   themselves, whatever the program does
+  raw_syscalls floor  an empty program on the raw tracepoints raw_syscalls:sys_enter
+                   and sys_exit instead: the cheaper-looking alternative, which
+                   every syscall of every task runs
+  tetrad           the daemon with the policy loaded, exporting to a file
+
+It prints the time of each, the ratios against untraced, the events exported
+and the records lost in the kernel, then a storm paced to 20,000 matching
+events/s (lost records) and the time from a new policy file to its first
+event.  Numbers only; nothing is asserted.
+
+    .venv/bin/python benchmarks/policy_file_io.py [--runs 5] [--iterations 100000] [--bpf-stats]
+
+--bpf-stats also prints the time each of the daemon's BPF programs takes per
+run on the untracked loop (kernel.bpf_stats_enabled is set for that run, then
+cleared; it needs bpftool; each run's figure includes about 30 ns of the
+accounting itself, as an empty program shows).
 
 BENCH_POLICY=file runs it under another policy (the daemon rejects unknown
 TETRAD_* variables, hence the name).
@@ -15,8 +42,12 @@ TETRAD_* variables, hence the name).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,108 +57,314 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TETRAD = [str(REPO / ".venv" / "bin" / "tetrad")]
 POLICY = Path(os.environ.get("BENCH_POLICY", REPO / "etc" / "tetrad" / "examples" / "sys_read_follow_prefix.yaml"))
+PYTHON = "/usr/bin/python3"
 TRACKED = "/etc/hostname"
 
 LOOP = """
 import os, sys, time
-path, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-n = 0
-start = time.perf_counter()
-end = start + seconds
-while time.perf_counter() < end:
-    for _ in range(100):
-        fd = os.open(path, os.O_RDONLY)
-        os.read(fd, 4096)
-        os.close(fd)
-    n += 100
-    if rate:   # paced: n iterations are due at start + n / rate
-        ahead = start + n / rate - time.perf_counter()
+path, n, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+start = time.perf_counter_ns()
+for i in range(n):
+    fd = os.open(path, os.O_RDONLY)
+    os.read(fd, 4096)
+    os.close(fd)
+    if rate and i % 100 == 99:   # paced: iteration i is due at start + i / rate
+        ahead = start / 1e9 + i / rate - time.perf_counter()
         if ahead > 0:
             time.sleep(ahead)
-print(n)
+print((time.perf_counter_ns() - start) / n)
 """
-EVENTS_PER_ITERATION = 3    # fd_install (FollowFD), sys_read, sys_close
+EVENTS_PER_ITERATION = 3    # fd_install (FollowFD), sys_read, sys_close (UnfollowFD)
 TARGET_EVENTS_PER_S = 20000
+EMPTY_PROGRAM = "int empty(void *ctx) { return 0; }"
+EMPTY_RAW_PROGRAM = "int empty_raw(struct bpf_raw_tracepoint_args *ctx) { return 0; }"
+RAW_SYSCALLS = ("sys_enter", "sys_exit")
 
 
-def storm(path: str, seconds: float, rate: float = 0) -> float:
-    """open/read/close iterations per second (`rate`: paced to that many)."""
-    out = subprocess.run(["/usr/bin/python3", "-c", LOOP, path, str(seconds), str(rate)],
-                         capture_output=True, text=True, check=True)
-    return int(out.stdout) / seconds
+class Pod:
+    """A pid namespace whose init sleeps; commands enter it with nsenter."""
+
+    def __init__(self):
+        self.holder = subprocess.Popen(["unshare", "--pid", "--fork", "sleep", "3600"],
+                                       stderr=subprocess.DEVNULL)
+        children = Path(f"/proc/{self.holder.pid}/task/{self.holder.pid}/children")
+        deadline = time.monotonic() + 10
+        while not children.read_text().split():
+            if time.monotonic() > deadline:
+                sys.exit("unshare did not start its child")
+            time.sleep(0.02)
+        self.init = int(children.read_text().split()[0])
+
+    def run(self, argv: list[str]) -> str:
+        return subprocess.run(["nsenter", "-t", str(self.init), "-p", *argv],
+                              capture_output=True, text=True, check=True).stdout
+
+    def close(self) -> None:
+        os.kill(self.init, signal.SIGKILL)
+        self.holder.wait(10)
 
 
-def median_rate(path: str, seconds: float, runs: int = 3) -> float:
-    rates = sorted(storm(path, seconds) for _ in range(runs))
-    return rates[len(rates) // 2]
+class Workloads:
+    def __init__(self, pod: Pod, work: Path, iterations: int):
+        self.pod = pod
+        self.iterations = iterations
+        self.untracked = work / "untracked.txt"
+        self.untracked.write_text("x" * 100)
+
+    def loop(self, path: str, iterations: int | None = None, rate: float = 0) -> float:
+        """ns per open/read/close iteration."""
+        return float(self.pod.run([PYTHON, "-c", LOOP, path, str(iterations or self.iterations), str(rate)]))
+
+    def tar(self, directory: str, passes: int) -> float:
+        """seconds to archive `directory` `passes` times into a pipe."""
+        t0 = time.perf_counter()
+        self.pod.run(["sh", "-c", f"for i in $(seq {passes}); do tar cf - {directory} 2>/dev/null; done "
+                                  "| cat > /dev/null"])
+        return time.perf_counter() - t0
+
+    def all(self) -> dict:
+        return {
+            "loop untracked": lambda: self.loop(str(self.untracked)),
+            "loop tracked": lambda: self.loop(TRACKED),
+            "tar untracked": lambda: self.tar("/usr/share/doc", 4),
+            "tar tracked": lambda: self.tar("/etc", 40),
+        }
 
 
-def status(run: Path) -> dict:
-    return json.loads((run / "status.json").read_text())
+class Daemon:
+    def __init__(self, work: Path, policy_text: str):
+        self.work = work
+        (work / "policies").mkdir(exist_ok=True)
+        (work / "policies" / POLICY.name).write_text(policy_text)
+        self.export = work / "events.log"
+        self.proc = subprocess.Popen(TETRAD + ["run", f"--export-filename={self.export}",
+                                               f"--server-address=unix://{work}/run/tetrad.sock",
+                                               f"--tracing-policy-dir={work}/policies",
+                                               "--export-file-max-size-mb=100",
+                                               "--export-file-max-backups=1"],
+                                     stdout=subprocess.DEVNULL, stderr=open(work / "daemon.log", "w"))
+        deadline = time.monotonic() + 120
+        while not self.policies() or any(p["state"] != "loaded" for p in self.policies()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit("the daemon did not load the policy: " + (work / "daemon.log").read_text()[-2000:])
+            time.sleep(0.2)
+
+    def status(self) -> dict:
+        try:
+            return json.loads((self.work / "run" / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def policies(self) -> list[dict]:
+        return self.status().get("policies") or []
+
+    def counters(self) -> tuple[int, int, float]:
+        """(process_kprobe events, policy records lost in the kernel, daemon CPU seconds)."""
+        st = self.status()
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return (st.get("events", {}).get("process_kprobe", 0),
+                sum(p.get("lost", 0) for p in st.get("policies", [])), cpu)
+
+    def quiet(self) -> tuple[int, int, float]:
+        """Counters once the daemon has exported what the workload produced
+        (the status file is rewritten about once a second); at most 15 s, since
+        other processes of the machine may produce events all along."""
+        last = self.counters()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            time.sleep(1.5)
+            now = self.counters()
+            if now[:2] == last[:2]:
+                break
+            last = now
+        return now
+
+    def export_position(self) -> tuple[int, int]:
+        st = self.export.stat()
+        return st.st_ino, st.st_size
+
+    def exported_since(self, position: tuple[int, int], text: str) -> bool:
+        """Whether `text` was exported after `position` (the file may have rotated)."""
+        with open(self.export) as f:
+            if os.fstat(f.fileno()).st_ino == position[0]:
+                f.seek(position[1])
+            return text in f.read()
+
+    def attach_points(self) -> list[str]:
+        out = subprocess.run(TETRAD + ["tracingpolicy", "list", "-o", "json",
+                                       f"--server-address=unix://{self.work}/run/tetrad.sock"],
+                             capture_output=True, text=True, check=True).stdout
+        policies = json.loads(out)
+        # bpf/policy.c names a hook's programs by its position: hook<n>_enter/exit
+        self.hook_names = {f"hook{n}": h["hook"] for n, h in enumerate(policies[0].get("hooks", []))}
+        return sorted({a for p in policies for h in p.get("hooks", []) for a in h["attach"]})
+
+    def bpf_stats(self, workload) -> dict[str, float]:
+        """ns per run of each of the daemon's BPF programs during `workload()`."""
+        def programs():
+            ids = set()
+            for fd in os.listdir(f"/proc/{self.proc.pid}/fdinfo"):
+                try:
+                    ids |= {int(line.split()[1]) for line in open(f"/proc/{self.proc.pid}/fdinfo/{fd}")
+                            if line.startswith("prog_id:")}
+                except OSError:
+                    pass
+            shown = json.loads(subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True,
+                                              text=True, check=True).stdout)
+            return {p["name"]: (p.get("run_time_ns", 0), p.get("run_cnt", 0)) for p in shown if p["id"] in ids}
+
+        subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
+        try:
+            before = programs()
+            workload()
+            after = programs()
+        finally:
+            subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
+        out = {}
+        for name, (ns, runs) in after.items():
+            ns0, runs0 = before.get(name, (0, 0))
+            if runs - runs0 > 0:
+                out[name] = ((ns - ns0) / (runs - runs0), runs - runs0)
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Floor:
+    """An empty BPF program on each of tetrad's attach points (tracepoints
+    here), or on raw_syscalls' sys_enter and sys_exit, the alternative: two
+    raw tracepoints that every syscall of every task runs."""
+
+    def __init__(self, points: list[str]):
+        from bcc import BPF
+        if any(not p.startswith("tracepoint ") for p in points):
+            sys.exit(f"the hook floor measures tracepoints only; the policy attached {points}")
+        self.points = [p.split(" ", 1)[1] for p in points]
+        self.bpf = BPF(text=EMPTY_PROGRAM + "\n" + EMPTY_RAW_PROGRAM)
+
+    def attach(self, raw: bool = False) -> None:
+        if raw:
+            for tp in RAW_SYSCALLS:
+                self.bpf.attach_raw_tracepoint(tp=tp, fn_name="empty_raw")
+        for tp in [] if raw else self.points:
+            self.bpf.attach_tracepoint(tp=tp, fn_name="empty")
+
+    def detach(self, raw: bool = False) -> None:
+        if raw:
+            for tp in RAW_SYSCALLS:
+                self.bpf.detach_raw_tracepoint(tp=tp)
+        for tp in [] if raw else self.points:
+            self.bpf.detach_tracepoint(tp=tp)
+
+
+def median(xs):
+    return statistics.median(xs)
 
 
 def main() -> None:
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
+    # a SIGTERM unwinds like ^C, so that the daemon, the pod and the files go
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5, help="runs of each workload per configuration")
+    ap.add_argument("--iterations", type=int, default=100000, help="iterations of the Python loop per run")
+    ap.add_argument("--bpf-stats", action="store_true", help="time each BPF program on the untracked loop")
+    args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tetrad-bench-"))
-    untracked = work / "untracked.txt"
-    untracked.write_text("x" * 100)
-    base_tracked = median_rate(TRACKED, seconds)
-    base_untracked = median_rate(str(untracked), seconds)
-
-    (work / "policies").mkdir()
-    (work / "policies" / POLICY.name).write_text(POLICY.read_text())
-    export = work / "events.log"
-    daemon = subprocess.Popen(TETRAD + ["run", f"--export-filename={export}",
-                                        f"--server-address=unix://{work}/run/tetrad.sock",
-                                        f"--tracing-policy-dir={work}/policies",
-                                        "--export-file-max-size-mb=1000"],
-                              stdout=subprocess.DEVNULL, stderr=open(work / "daemon.log", "w"))
+    pod = Pod()
+    loads = Workloads(pod, work, args.iterations)
+    names = list(loads.all())
+    results = {c: {n: [] for n in names} for c in ("untraced", "floor", "raw floor", "tetrad")}
+    events, lost, cpu = ({n: 0 for n in names} for _ in range(3))
     try:
-        deadline = time.monotonic() + 60
-        while not (work / "run" / "status.json").exists():
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"the daemon did not start; see {work}/daemon.log")
-            time.sleep(0.1)
-        traced_untracked = median_rate(str(untracked), seconds)
-        traced_tracked = median_rate(TRACKED, seconds)
-        time.sleep(2)
-        lost_unpaced = sum(p.get("lost", 0) for p in status(work / "run")["policies"])
+        for name, fn in loads.all().items():   # warm the page cache and the binaries
+            fn()
+        # rounds of every configuration, so that the machine's drift (other
+        # work on it) hits them alike: the daemon is started for each round
+        floor = None
+        for _ in range(args.runs):
+            daemon = Daemon(work, POLICY.read_text())
+            try:
+                points = daemon.attach_points()
+                for name, fn in loads.all().items():
+                    before = daemon.quiet()
+                    results["tetrad"][name].append(fn())
+                    after = daemon.quiet()
+                    for total, a, b in zip((events, lost, cpu), after, before):
+                        total[name] += a - b
+            finally:
+                daemon.stop()
+            floor = floor or Floor(points)
+            for name, fn in loads.all().items():
+                results["untraced"][name].append(fn())
+                for config, raw in (("floor", False), ("raw floor", True)):
+                    floor.attach(raw)
+                    try:
+                        results[config][name].append(fn())
+                    finally:
+                        floor.detach(raw)
 
-        # paced: TARGET_EVENTS_PER_S matching events per second
-        before = status(work / "run")
-        t0 = time.monotonic()
-        storm(TRACKED, seconds, TARGET_EVENTS_PER_S / EVENTS_PER_ITERATION)
-        elapsed = time.monotonic() - t0
-        time.sleep(2)
-        after = status(work / "run")
-        events = after["events"].get("process_kprobe", 0) - before["events"].get("process_kprobe", 0)
-        lost = sum(p.get("lost", 0) for p in after["policies"]) - lost_unpaced
+        daemon = Daemon(work, POLICY.read_text())
+        try:
+            daemon.attach_points()
+            stats = daemon.bpf_stats(loads.all()["loop untracked"]) if args.bpf_stats else {}
+            hook_names = daemon.hook_names
+            # paced: TARGET_EVENTS_PER_S matching events per second in the pod
+            before = daemon.quiet()
+            t0 = time.monotonic()
+            paced_rate = TARGET_EVENTS_PER_S / EVENTS_PER_ITERATION
+            loads.loop(TRACKED, int(paced_rate * 5), paced_rate)
+            paced_s = time.monotonic() - t0
+            after = daemon.quiet()
+            paced_events, paced_lost = after[0] - before[0], after[1] - before[1]
 
-        # reload latency: a new policy file until its first event (a light workload)
-        time.sleep(2)
-        probe = POLICY.read_text().replace("sys-read-follow-prefix", "latency-probe")
-        t1 = time.monotonic()
-        (work / "policies" / "latency.yaml").write_text(probe)
-        latency = None
-        with open(export) as f:
-            f.seek(0, os.SEEK_END)
+            # reload latency: a new policy file until its first event (a light workload)
+            probe = POLICY.read_text().replace("sys-read-follow-prefix", "latency-probe")
+            start = daemon.export_position()
+            t1 = time.monotonic()
+            (work / "policies" / "latency.yaml").write_text(probe)
+            latency = None
             while time.monotonic() - t1 < 20 and latency is None:
-                storm(TRACKED, 0.05, 1000)
-                if '"policy_name":"latency-probe"' in f.read():   # what was appended since
+                loads.loop(TRACKED, 50)
+                if daemon.exported_since(start, '"policy_name":"latency-probe"'):
                     latency = time.monotonic() - t1
+        finally:
+            daemon.stop()
     finally:
-        daemon.terminate()
-        daemon.wait(10)
+        pod.close()
+        shutil.rmtree(work, ignore_errors=True)
 
-    print(f"untraced:  tracked path {base_tracked:,.0f} it/s, untracked path {base_untracked:,.0f} it/s")
-    print(f"traced:    tracked path {traced_tracked:,.0f} it/s, untracked path {traced_untracked:,.0f} it/s")
-    print(f"overhead:  untracked path {base_untracked / traced_untracked:.3f}x, "
-          f"tracked path {base_tracked / traced_tracked:.3f}x")
-    print(f"unpaced:   policy records lost in the kernel during the unpaced storms: {lost_unpaced:,}")
-    print(f"paced:     {events:,} process_kprobe exported in {elapsed:.1f}s of a storm paced to "
-          f"{TARGET_EVENTS_PER_S:,} matching events/s ({events / elapsed:,.0f}/s, other processes' "
-          f"closes included); lost in kernel: {lost:,}")
-    print(f"reload:    new policy file to its first exported event: "
+    print(f"policy {POLICY.name}; attach points: {', '.join(p.split(':')[-1] for p in points)}")
+    print(f"{args.runs} rounds of every configuration, median (min); loop in ns per open/read/close, "
+          f"tar in ms; events, lost and daemon CPU summed over the rounds")
+    print(f"{'workload':15s} {'untraced':>16s} {'hook floor':>24s} {'raw_syscalls floor':>24s} "
+          f"{'tetrad':>24s} {'events':>8s} {'lost':>7s} {'daemon CPU':>10s}")
+    for name in names:
+        scale = 1 if name.startswith("loop") else 1000
+        base = median(results["untraced"][name])
+
+        def cell(xs):
+            return f"{median(xs) * scale:8.0f} ({min(xs) * scale:.0f})"
+
+        def ratio(xs):
+            return f"{median(xs) / base:.3f}x"
+
+        print(f"{name:15s} {cell(results['untraced'][name]):>16s} "
+              f"{cell(results['floor'][name]) + ' ' + ratio(results['floor'][name]):>24s} "
+              f"{cell(results['raw floor'][name]) + ' ' + ratio(results['raw floor'][name]):>24s} "
+              f"{cell(results['tetrad'][name]) + ' ' + ratio(results['tetrad'][name]):>24s} "
+              f"{events[name]:8,d} {lost[name]:7,d} {cpu[name]:9.2f}s")
+    if stats:
+        print(f"BPF programs on the untracked loop ({args.iterations:,} iterations), ns per run:")
+        for name, (ns, runs) in sorted(stats.items()):
+            hook = hook_names.get(name.rsplit("_", 1)[0], "")
+            print(f"  {name:36s} {hook:20s} {ns:7.1f} ns x {runs / args.iterations:.2f} per iteration")
+    print(f"paced:  {paced_events:,} process_kprobe exported in {paced_s:.1f}s of a loop in the pod paced "
+          f"to {TARGET_EVENTS_PER_S:,} matching events/s ({paced_events / paced_s:,.0f}/s); "
+          f"lost in kernel: {paced_lost:,}")
+    print("reload: new policy file to its first exported event: "
           + (f"{latency:.2f}s" if latency is not None else "none within 20s"))
 
 

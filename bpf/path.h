@@ -14,26 +14,47 @@ struct path_walk {
                                  states of successive iterations match and prune */
 };
 
+/* A dentry's parent and name pointer, in one read where they lie close
+ * together (they do in every kernel we know: d_parent, then d_name). */
+#if OFF_dentry__d_name_name > OFF_dentry__d_parent && OFF_dentry__d_name_name - OFF_dentry__d_parent <= 24
+#define DENTRY_SPAN_WORDS ((OFF_dentry__d_name_name - OFF_dentry__d_parent) / 8 + 1)
+static __always_inline void *dentry_parent_name(void *dentry, void **name)
+{
+    void *span[DENTRY_SPAN_WORDS] = {};
+    bpf_probe_read_kernel(span, sizeof(span), dentry + OFF_dentry__d_parent);
+    *name = span[DENTRY_SPAN_WORDS - 1];
+    return span[0];
+}
+#else
+static __always_inline void *dentry_parent_name(void *dentry, void **name)
+{
+    *name = PTR_MEMBER(dentry, dentry, d_name_name);
+    return PTR_MEMBER(dentry, dentry, d_parent);
+}
+#endif
+
 /* Collect the components of (dentry, vfsmount) up to the global root, leaf
  * first, crossing mount points.  Returns how many; sets *truncated when the
- * path is deeper than PATH_DEPTH. */
+ * path is deeper than PATH_DEPTH.  A file open costs this walk: one read per
+ * component, the mount's root read once per mount. */
 static __always_inline u32 collect_path(struct path_walk *w, void *dentry, void *vfsmnt, u32 *truncated)
 {
     void *mnt = vfsmnt - OFF_mount__mnt;
+    void *mnt_root = PTR_MEMBER(vfsmnt, vfsmount, mnt_root);
     volatile u32 *n = &w->n;
     *n = 0;
     for (int i = 0; i < PATH_DEPTH + 8; i++) {
-        void *mnt_root = PTR_MEMBER(vfsmnt, vfsmount, mnt_root);
         if (dentry == mnt_root) {
             void *parent_mnt = PTR_MEMBER(mnt, mount, mnt_parent);
             if (parent_mnt == mnt)   /* the global root */
                 return *n;
             dentry = PTR_MEMBER(mnt, mount, mnt_mountpoint);
             mnt = parent_mnt;
-            vfsmnt = mnt + OFF_mount__mnt;
+            mnt_root = PTR_MEMBER(mnt + OFF_mount__mnt, vfsmount, mnt_root);
             continue;
         }
-        void *parent = PTR_MEMBER(dentry, dentry, d_parent);
+        void *name = 0;
+        void *parent = dentry_parent_name(dentry, &name);
         if (parent == dentry || !parent)
             return *n;
         u32 at = *n;
@@ -41,7 +62,7 @@ static __always_inline u32 collect_path(struct path_walk *w, void *dentry, void 
             *truncated = 1;
             return at;
         }
-        w->names[at & (PATH_DEPTH - 1)] = PTR_MEMBER(dentry, dentry, d_name_name);
+        w->names[at & (PATH_DEPTH - 1)] = name;
         *n = at + 1;
         dentry = parent;
     }

@@ -49,7 +49,7 @@
 #define HOOKF_AT_EXIT         (1u << 0)   /* evaluate and emit at the exit attachment */
 #define HOOKF_KPROBE          (1u << 1)   /* ctx is struct pt_regs */
 #define HOOKF_SYSCALL_WRAPPER (1u << 2)   /* the real arguments sit behind a pt_regs pointer */
-#define HOOKF_FD_GATE         (1u << 3)   /* an fd argument: nothing to do unless it is followed */
+#define HOOKF_FD_GATE         (1u << 3)   /* nothing to do unless raw argument fd_src is a followed fd */
 
 /* emulation modes (tetrad/policy/hooks.py EMU_*) */
 #define EMU_NONE        0
@@ -306,17 +306,25 @@ static __always_inline void read_raw_args(void *ctx, struct hook_conf *hc, u64 *
         raw[i] = read_ctx_field(ctx, hc->tp_off[i], hc->tp_size[i], hc->tp_signed[i]);
 }
 
-/* The struct file behind fd `fd` of the current task. */
+/* The struct file behind fd `fd` of the current task (every open of a
+ * file costs this lookup under an fd_install equivalent). */
 static __always_inline void *file_of_fd(u64 fd)
 {
     void *task = (void *)bpf_get_current_task();
     void *files = PTR_MEMBER(task, task_struct, files);
     void *fdt = PTR_MEMBER(files, files_struct, fdt);
+#if OFF_fdtable__max_fds == 0 && OFF_fdtable__fd == 8
+    struct { u32 max_fds; u32 pad; void **fd; } t = {};   /* both in one read */
+    bpf_probe_read_kernel(&t, sizeof(t), fdt);
+    u32 max = t.max_fds;
+    void **fds = t.fd;
+#else
     u32 max = 0;
     READ_MEMBER(max, fdt, fdtable, max_fds);
+    void **fds = PTR_MEMBER(fdt, fdtable, fd);
+#endif
     if (fd >= max)
         return 0;
-    void **fds = PTR_MEMBER(fdt, fdtable, fd);
     return read_ptr(&fds[fd]);
 }
 
@@ -507,8 +515,15 @@ static __always_inline void read_value(struct scratch *s, struct arg_conf *ac, u
     case ARG_PATH: {
         /* a file's f_path is a struct path */
         void *path = (void *)v + (ac->type == ARG_FILE ? OFF_file__f_path_mnt - OFF_path__mnt : 0);
-        if (v)
-            append_path(s, PTR_MEMBER(path, path, dentry), PTR_MEMBER(path, path, mnt));
+        if (!v)
+            break;
+#if OFF_path__mnt == 0 && OFF_path__dentry == 8
+        void *mnt_dentry[2] = {};   /* both in one read */
+        bpf_probe_read_kernel(mnt_dentry, sizeof(mnt_dentry), path);
+        append_path(s, mnt_dentry[1], mnt_dentry[0]);
+#else
+        append_path(s, PTR_MEMBER(path, path, dentry), PTR_MEMBER(path, path, mnt));
+#endif
         break;
     }
     case ARG_SOCK:
@@ -812,8 +827,12 @@ static __always_inline int run_actions(struct scratch *s, struct selector_conf *
             follow_fd(s, ac);
             break;
         case ACT_UNFOLLOWFD: {
+            /* as Tetragon's guide shows it (Tetragon up to 0.10): an fd that
+             * was not followed fails the action, and a failed action ends
+             * the selector's actions without an event */
             struct fd_key key = {.tgid = tgid, .fd = (u32)s->val[ac->arg_fd & 7]};
-            fd_paths.delete(&key);
+            if (fd_paths.delete(&key) != 0)
+                return 0;
             break;
         }
         case ACT_COPYFD: {
@@ -874,6 +893,7 @@ static __always_inline void emit(struct scratch *s)
     if (size > sizeof(*r))
         size = sizeof(*r);
     r->h.size = size;
+    r->h.ktime = bpf_ktime_get_ns();   /* here: most hook runs end without a record */
     if (events.ringbuf_output(r, size, 0) != 0) {
         u32 zero = 0;
         u64 *n = lost_records.lookup(&zero);
@@ -901,19 +921,13 @@ static __always_inline int stage_start(void *ctx, int kp)
     struct saved_key sk = {.pid_tgid = pid_tgid, .slot = slot};
     if (s->phase == PHASE_ENTER) {
         read_raw_args(ctx, hc, s->raw);
-        if (hc->flags & HOOKF_FD_GATE) {
-            /* an fd argument that is not followed drops the event anyway:
-             * decide now, before saving anything or reading other arguments */
-            struct fd_key fk = {.tgid = pid_tgid >> 32, .fd = (u32)s->raw[hc->fd_src & 7]};
-            if (!fd_paths.lookup(&fk))
-                return 0;
-        }
         if (hc->flags & HOOKF_AT_EXIT) {
             saved.update(&sk, (struct saved_args *)s->raw);
             return 0;
         }
     } else {
-        struct saved_args *sa = saved.lookup(&sk);
+        /* only a hook attached at both ends saved anything at entry */
+        struct saved_args *sa = (hc->flags & HOOKF_AT_EXIT) ? saved.lookup(&sk) : 0;
         if (sa) {
             __builtin_memcpy(s->raw, sa->raw, sizeof(sa->raw));
             saved.delete(&sk);
@@ -933,7 +947,6 @@ static __always_inline int stage_start(void *ctx, int kp)
     struct policy_record *r = &s->rec;
     __builtin_memset(r, 0, RECORD_FIXED);
     r->h.type = RECORD_POLICY;
-    r->h.ktime = bpf_ktime_get_ns();
     r->hook = slot;
     r->pid = pid_tgid >> 32;
     r->tid = (u32)pid_tgid;
@@ -1053,16 +1066,61 @@ int kp_arg(struct pt_regs *ctx) { return stage_arg(ctx, 1); }
 int kp_select(struct pt_regs *ctx) { return stage_select(ctx, 1); }
 int kp_rest(struct pt_regs *ctx) { return stage_rest(ctx, 1); }
 
+/* Raw argument i (0..5) of the hooked call, read alone.  `kp` is a
+ * constant in each program: a tracepoint program must not hold the pt_regs
+ * reads, which its verifier refuses. */
+static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, int kp)
+{
+    if (i >= RAW_ARGS)
+        return 0;
+    if (!kp)
+        return read_ctx_field(ctx, hc->tp_off[i], hc->tp_size[i], hc->tp_signed[i]);
+    struct pt_regs *regs = ctx;
+    if (hc->flags & HOOKF_SYSCALL_WRAPPER) {
+        void *inner = (void *)PT_REGS_PARM1(regs);
+        u32 off = i == 0 ? offsetof(struct pt_regs, di) : i == 1 ? offsetof(struct pt_regs, si) :
+                  i == 2 ? offsetof(struct pt_regs, dx) : i == 3 ? offsetof(struct pt_regs, r10) :
+                  i == 4 ? offsetof(struct pt_regs, r8) : offsetof(struct pt_regs, r9);
+        u64 v = 0;
+        bpf_probe_read_kernel(&v, 8, inner + off);
+        return v;
+    }
+    u64 parms[RAW_ARGS] = {PT_REGS_PARM1(regs), PT_REGS_PARM2(regs), PT_REGS_PARM3(regs),
+                           PT_REGS_PARM4(regs), PT_REGS_PARM5(regs), PT_REGS_PARM6(regs)};
+    return parms[i];
+}
+
+/* Most calls of a hooked syscall produce nothing: a read or close of an fd
+ * that is not followed, the exit of a call whose entry saved nothing.  Each
+ * is decided here with one map lookup, before the tail calls, the scratch
+ * set-up and the argument reads of the stages. */
+static __always_inline int nothing_to_do(void *ctx, struct hook_conf *hc, u32 slot, u32 phase,
+                                         u64 pid_tgid, int kp)
+{
+    if (phase == PHASE_ENTER && (hc->flags & HOOKF_FD_GATE)) {
+        struct fd_key fk = {.tgid = pid_tgid >> 32, .fd = (u32)read_raw_arg(ctx, hc, hc->fd_src, kp)};
+        return !fd_paths.lookup(&fk);
+    }
+    if (phase == PHASE_EXIT && (hc->flags & HOOKF_AT_EXIT)) {
+        struct saved_key sk = {.pid_tgid = pid_tgid, .slot = slot};
+        return !saved.lookup(&sk);
+    }
+    return 0;
+}
+
 static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int kp)
 {
     u32 zero = 0, one = 1;
     u32 *enabled = settings.lookup(&zero);
     u32 *self = settings.lookup(&one);
-    if (!enabled || !*enabled || !self || *self == (bpf_get_current_pid_tgid() >> 32))
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    if (!enabled || !*enabled || !self || *self == (pid_tgid >> 32))
         return 0;
     struct hook_conf *hc = hooks.lookup(&slot);
+    if (!hc || nothing_to_do(ctx, hc, slot, phase, pid_tgid, kp))
+        return 0;
     struct scratch *s = get_scratch();
-    if (!hc || !s)
+    if (!s)
         return 0;
     s->slot = slot;
     s->phase = phase;

@@ -147,6 +147,16 @@ def test_guide_scenario(d, tmp_path, pod):
     closes = [b["args"][0]["int_arg"] for b in of("sys_close")]
     for path in ETC_FILES:
         assert installs[path] in closes
+    # as in Tetragon's guide: a close is reported only when it unfollows a
+    # followed fd (not the outside file's, not the socket's)
+    followed = set()
+    for b in mine:
+        if b["function_name"] == "fd_install":
+            followed.add(b["args"][0]["int_arg"])
+        elif b["function_name"] == "sys_close":
+            assert b["args"][0]["int_arg"] in followed, ("close of an fd that was not followed", b)
+            assert b["action"] == "KPROBE_ACTION_UNFOLLOWFD"
+            followed.discard(b["args"][0]["int_arg"])
 
     four = ("127.0.0.1", sport, "127.0.0.1", port)
 
@@ -166,9 +176,8 @@ def test_guide_scenario(d, tmp_path, pod):
     assert "status" not in exit_event and "signal" not in exit_event   # exit 0
     for b in mine:
         assert b["policy_name"] in ("sys-read-follow-prefix", "connect")
-        if b["function_name"] != "sys_close":   # nsenter's child closes fds before its exec
-            assert b["process"].get("binary") == WORKLOAD_PYTHON, (
-                b, [e for e in events if e.get("process_exec", {}).get("process", {}).get("pid") == pid])
+        assert b["process"].get("binary") == WORKLOAD_PYTHON, (
+            b, [e for e in events if e.get("process_exec", {}).get("process", {}).get("pid") == pid])
 
 
 def test_tracingpolicy_list_shows_backends(d):
@@ -189,13 +198,24 @@ def test_tracingpolicy_list_shows_backends(d):
     assert "kprobe tcp_sendmsg: " in text
 
 
-def test_namespace_pid_rule_skips_processes_outside_pid_namespaces(d):
+def test_namespace_pid_rule_skips_processes_outside_pid_namespaces(d, pod):
     """As in Tetragon, matchPIDs with isNamespacePID never matches a process of
-    the initial pid namespace: a host process opening /etc/hostname is not followed."""
-    proc = subprocess.Popen([WORKLOAD_PYTHON, "-c", "open('/etc/hostname').read()"])
-    assert proc.wait(30) == 0
-    d.wait_for(lambda ev: exits_of(ev, proc.pid), what="the host process's exit")
+    the initial pid namespace: a host process opening /etc/hostname is not
+    followed, so neither its read nor its close is reported; the same program
+    in the pod's pid namespace is."""
+    # /proc is the host's: NSpid's first field is the pid the daemon sees
+    script = ("import os; fd = os.open('/etc/hostname', os.O_RDONLY); os.read(fd, 100); os.close(fd); "
+              "print(open('/proc/self/status').read().split('NSpid:')[1].split()[0])")
+    host, in_pod = [int(subprocess.run(prefix + [WORKLOAD_PYTHON, "-c", script], capture_output=True,
+                                       text=True, check=True, timeout=30).stdout)
+                    for prefix in ([], ["nsenter", "-t", str(pod), "-p"])]
+    for pid in (host, in_pod):
+        d.wait_for(lambda ev: exits_of(ev, pid), what="the workload's exit")
     events = settle(d, 1.0)
-    assert [b for b in kprobe_events(events, proc.pid) if b["function_name"] == "fd_install"] == []
-    assert [b for b in kprobe_events(events, proc.pid) if b["function_name"] == "sys_close"], \
-        "the process's closes (not filtered by the policy) were not seen"
+
+    def calls(pid):
+        return {b["function_name"] for b in kprobe_events(events, pid)
+                if b["function_name"] in ("fd_install", "sys_read", "sys_close")}
+
+    assert calls(in_pod) == {"fd_install", "sys_read", "sys_close"}
+    assert calls(host) == set()

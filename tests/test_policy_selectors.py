@@ -32,11 +32,12 @@ INT_VALUES = [4242, 4243, 6000, 50, 4400, 70000]
 OTHER_PYTHON_NAME = "otherpython"
 
 
-def policies(test_pid: int) -> dict[str, str]:
+def policies(test_pid: int, ports: dict[str, int]) -> dict[str, str]:
     ints = HEAD.format(name="ops-int") + "".join([
         hook("Equal", match_int("Equal", 4242)),
         hook("NotEqual", match_int("NotEqual", 4242)),
         hook("GT", match_int("GT", 5000)),
+        hook("GreaterThan", match_int("GreaterThan", 5000)),
         hook("LT", match_int("LessThan", 100)),
         hook("Mask", match_int("Mask", "0x10000")),
         hook("InRange", match_int("InRange", "4300:4500")),
@@ -45,6 +46,8 @@ def policies(test_pid: int) -> dict[str, str]:
                       + match_int("Equal", 4242)),
         hook("PidNotIn", f"matchPIDs:\n- operator: NotIn\n  followForks: true\n  values: [{test_pid}]\n"
                          + match_int("Equal", 4242)),
+        hook("PidInNoFollow", f"matchPIDs:\n- operator: In\n  followForks: false\n  values: [{test_pid}]\n"
+                              + match_int("Equal", 4242)),
         hook("Ret", "matchReturnArgs:\n- operator: Equal\n  values: [\"-3\"]",
              extra="    return: true\n    returnArg:\n      index: 0\n      type: int\n"),
     ])
@@ -55,6 +58,12 @@ def policies(test_pid: int) -> dict[str, str]:
         hook("BinPostfix", f"matchBinaries:\n- operator: Postfix\n  values: [\"/{OTHER_PYTHON_NAME}\"]\n"
                            + match_int("Equal", 4242)),
         hook("BinPrefix", "matchBinaries:\n- operator: Prefix\n  values: [\"/usr/bin/\"]\n" + match_int("Equal", 4242)),
+        hook("BinNotPrefix", "matchBinaries:\n- operator: NotPrefix\n  values: [\"/usr/bin/\"]\n"
+                             + match_int("Equal", 4242)),
+        hook("BinNotPostfix", f"matchBinaries:\n- operator: NotPostfix\n  values: [\"/{OTHER_PYTHON_NAME}\"]\n"
+                              + match_int("Equal", 4242)),
+        hook("ParentNotIn", "matchParentBinaries:\n- operator: NotIn\n  values: [\"/usr/bin/dash\"]\n"
+                            + match_int("Equal", 4242)),
         hook("ParentIn", "matchParentBinaries:\n- operator: In\n  values: [\"/usr/bin/dash\"]\n"
                          + match_int("Equal", 4242)),
         hook("NsIn", "matchNamespaces:\n- namespace: Pid\n  operator: In\n  values: [\"host_ns\"]\n"
@@ -63,6 +72,8 @@ def policies(test_pid: int) -> dict[str, str]:
                         + match_int("Equal", 4242)),
         hook("CapIn", "matchCapabilities:\n- type: Effective\n  operator: In\n  values: [\"CAP_SYS_ADMIN\"]\n"
                       + match_int("Equal", 4242)),
+        hook("CapNotIn", "matchCapabilities:\n- type: Effective\n  operator: NotIn\n  values: [\"CAP_SYS_ADMIN\"]\n"
+                         + match_int("Equal", 4242)),
     ])
     string_arg = "    - index: 0\n      type: string\n"
 
@@ -78,6 +89,8 @@ def policies(test_pid: int) -> dict[str, str]:
     ] + [
         hook("NoPost", match_int("Equal", 7001) + "\nmatchActions:\n- action: NoPost"),
         hook("RateLimit", match_int("Equal", 7002) + "\nmatchActions:\n- action: Post\n  rateLimit: 1m"),
+        *(hook(f"RateLimit-{scope}", match_int("Equal", 7005) + "\nmatchActions:\n- action: Post\n  rateLimit: 1m"
+               f"\n  rateLimitScope: {scope}") for scope in ("thread", "process", "global")),
         hook("Signal", match_int("Equal", 7003) + "\nmatchActions:\n- action: Signal\n  argSig: 10"),
         hook("Sigkill", match_int("Equal", 7004) + "\nmatchActions:\n- action: Sigkill"),
         hook("Post", match_int("Equal", 7001)),   # the NoPost hook's twin: proves 7001 was seen
@@ -95,13 +108,28 @@ def policies(test_pid: int) -> dict[str, str]:
         for op, vals in (("DAddr", ("127.0.0.2/32",)), ("NotDAddr", ("127.0.0.2",)),
                          ("SAddr", ("127.0.0.3/32",)), ("NotSAddr", ("127.0.0.3/32",)),
                          ("Family", ("AF_INET",)), ("Protocol", ("IPPROTO_TCP",)),
-                         ("DPortPriv", ()), ("NotDPortPriv", ()), ("SPortPriv", ()), ("NotSportPriv", ())))   # Tetragon's spelling
+                         ("DPortPriv", ()), ("NotDPortPriv", ()), ("SPortPriv", ()), ("NotSportPriv", ()),   # Tetragon's spelling
+                         ("DPort", (ports["b"],)), ("NotDPort", (ports["b"],)),
+                         ("SPort", (ports["client"],)), ("NotSPort", (ports["client"],))))
     return {"ints.yaml": ints, "process.yaml": proc, "strings.yaml": strings, "sock.yaml": socks}
 
 
 @pytest.fixture(scope="module")
-def d(tmp_path_factory):
-    daemon = start_with_policies(tmp_path_factory.mktemp("selectors"), policies(os.getpid()))
+def listeners():
+    """Loopback listeners (a, on 127.0.0.2: b, on a privileged port: priv) and a
+    free privileged port for a client, known before the policies are written."""
+    socks = {"a": _listener("127.0.0.1"), "b": _listener("127.0.0.2"),
+             "priv": _listener("127.0.0.1", _free_privileged_port())}
+    ports = {k: s.getsockname()[1] for k, s in socks.items()}
+    ports["client"] = _free_privileged_port()
+    yield ports
+    for s in socks.values():
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory, listeners):
+    daemon = start_with_policies(tmp_path_factory.mktemp("selectors"), policies(os.getpid(), listeners))
     yield daemon
     daemon.stop()
 
@@ -127,6 +155,7 @@ for v in sys.argv[2:]:
     ("Equal", [4242]),
     ("NotEqual", [4243, 6000, 50, 4400, 70000]),
     ("GT", [6000, 70000]),
+    ("GreaterThan", [6000, 70000]),
     ("LT", [50]),
     ("Mask", [70000]),
     ("InRange", [4400]),
@@ -144,6 +173,8 @@ def test_match_pids_follow_forks(d):
     events = settle(d)
     assert int_args(kprobe_events(events, pid, "PidIn")) == [4242]
     assert kprobe_events(events, pid, "PidNotIn") == []
+    # the workload is the test's child: without followForks its pid is not In
+    assert kprobe_events(events, pid, "PidInNoFollow") == []
 
 
 def test_match_return_args(d):
@@ -165,8 +196,11 @@ def test_match_binaries_and_parent_binaries(d, tmp_path):
     assert kprobe_events(events, copied, "BinNotIn") and not kprobe_events(events, direct, "BinNotIn")
     assert kprobe_events(events, copied, "BinPostfix") and not kprobe_events(events, direct, "BinPostfix")
     assert kprobe_events(events, direct, "BinPrefix") and not kprobe_events(events, copied, "BinPrefix")
+    assert kprobe_events(events, copied, "BinNotPrefix") and not kprobe_events(events, direct, "BinNotPrefix")
+    assert kprobe_events(events, direct, "BinNotPostfix") and not kprobe_events(events, copied, "BinNotPostfix")
     # the parent of a direct child is pytest's python; via sh it is dash
     assert not kprobe_events(events, direct, "ParentIn")
+    assert kprobe_events(events, direct, "ParentNotIn")
 
 
 def test_match_parent_binaries_through_a_shell(d):
@@ -177,6 +211,7 @@ def test_match_parent_binaries_through_a_shell(d):
     pid = int(out.stdout.split()[0])
     events = settle(d)
     assert int_args(kprobe_events(events, pid, "ParentIn")) == [4242]
+    assert kprobe_events(events, pid, "ParentNotIn") == []
 
 
 def test_match_namespaces(d):
@@ -193,6 +228,8 @@ def test_match_capabilities(d):
     events = settle(d)
     assert int_args(kprobe_events(events, root, "CapIn")) == [4242]
     assert kprobe_events(events, unpriv, "CapIn") == []
+    assert int_args(kprobe_events(events, unpriv, "CapNotIn")) == [4242]
+    assert kprobe_events(events, root, "CapNotIn") == []
     assert kprobe_events(events, unpriv, "Equal"), "the unprivileged workload's call was not seen"
 
 
@@ -233,6 +270,37 @@ def test_rate_limit(d):
     pid, _, _ = run_workload(GETPGID_ALL, *[7002] * 5)
     events = settle(d)
     assert int_args(kprobe_events(events, pid, "RateLimit")) == [7002]
+
+
+GETPGID_TWO_THREADS = """
+import os, sys, threading
+def call():
+    for _ in range(3):
+        try:
+            os.getpgid(7005)
+        except OSError:
+            pass
+t = threading.Thread(target=call)
+t.start()
+t.join()
+call()
+"""
+
+
+def test_rate_limit_scope(d):
+    """Two threads of one process, then a second process: a thread's limit
+    lets each thread through once, a process's each process, a global one
+    only the first call."""
+    first, _, _ = run_workload(GETPGID_TWO_THREADS)
+    second, _, _ = run_workload(GETPGID_TWO_THREADS)
+    events = settle(d)
+
+    def count(message):
+        return [len(kprobe_events(events, pid, message)) for pid in (first, second)]
+
+    assert count("RateLimit-thread") == [2, 2]
+    assert count("RateLimit-process") == [1, 1]
+    assert count("RateLimit-global") == [1, 0]
 
 
 SIGNAL_WORKLOAD = """
@@ -299,19 +367,11 @@ def _free_privileged_port() -> int:
     raise AssertionError("no free privileged port")
 
 
-def test_sock_operators(d):
-    a = _listener("127.0.0.1")
-    b = _listener("127.0.0.2")
-    priv = _listener("127.0.0.1", _free_privileged_port())
-    pa, pb, pp = a.getsockname()[1], b.getsockname()[1], priv.getsockname()[1]
-    client_priv_port = _free_privileged_port()
-    try:
-        pid, _, _ = run_workload(CONNECT, f"127.0.0.1:{pa}:0", f"127.0.0.2:{pb}:0",
-                                 f"127.0.0.1:{pp}:{client_priv_port}")
-        events = settle(d)
-    finally:
-        for s in (a, b, priv):
-            s.close()
+def test_sock_operators(d, listeners):
+    pa, pb, pp = listeners["a"], listeners["b"], listeners["priv"]
+    pid, _, _ = run_workload(CONNECT, f"127.0.0.1:{pa}:0", f"127.0.0.2:{pb}:0",
+                             f"127.0.0.1:{pp}:{listeners['client']}")
+    events = settle(d)
 
     def dests(message):
         return [(x["args"][0]["sock_arg"]["daddr"], x["args"][0]["sock_arg"]["dport"])
@@ -328,3 +388,7 @@ def test_sock_operators(d):
     assert dests("NotDPortPriv") == all3[:2]
     assert dests("SPortPriv") == [all3[2]]
     assert dests("NotSportPriv") == all3[:2]
+    assert dests(f"DPort-{pb}") == [all3[1]]
+    assert dests(f"NotDPort-{pb}") == [all3[0], all3[2]]
+    assert dests(f"SPort-{listeners['client']}") == [all3[2]]
+    assert dests(f"NotSPort-{listeners['client']}") == all3[:2]

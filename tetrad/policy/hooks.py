@@ -57,8 +57,8 @@ def _exits(names) -> tuple:
 
 EQUIVALENTS = {
     "fd_install": Equivalent(
-        EMU_FD_INSTALL, _exits(OPEN_SYSCALLS), frozenset({0, 1}),
-        "exits of open/openat/openat2/creat: fd = the return value, file = the new fd's file"),
+        EMU_FD_INSTALL, _exits(OPEN_SYSCALLS + ("dup",)), frozenset({0, 1}),
+        "exits of open/openat/openat2/creat/dup: fd = the return value, file = the new fd's file"),
     "security_file_open": Equivalent(
         EMU_FILE_OPEN, _exits(OPEN_SYSCALLS), frozenset({0}),
         "successful exits of open/openat/openat2/creat: file = the opened file"),

@@ -199,11 +199,10 @@ class PolicyProgram:
         if has_exit and has_enter:
             conf.flags |= HOOKF_AT_EXIT
         conf.mode = plan.mode
-        fd_args = [j for j, a in enumerate(hook.args) if a.type == "fd"]
-        if fd_args and plan.mode == hooks_mod.EMU_NONE and has_enter:
+        gate = self._fd_gate(hook, plan) if has_enter else None
+        if gate is not None:
             conf.flags |= HOOKF_FD_GATE
-            first = hook.args[fd_args[0]]
-            conf.fd_src = fd_args[0] if hook.kind == HOOK_TRACEPOINT else first.index
+            conf.fd_src = gate
         conf.nargs = len(hook.args)
         conf.nselectors = len(hook.selectors)
         positions = self._positions(hook)
@@ -261,6 +260,29 @@ class PolicyProgram:
         if EXIT in points:
             ret = _field(tracepoint_fields(self.tracefs, points[EXIT]), "ret")
             conf.ret_off, conf.ret_size, conf.ret_signed = ret.offset, min(ret.size, 8), int(ret.signed)
+
+    def _fd_gate(self, hook: Hook, plan: Plan) -> int | None:
+        """The raw argument that must be a followed fd for the hook to do
+        anything, checked first thing at entry: an `fd` argument (an fd that
+        is not followed drops the event, as in Tetragon), or the argFd of the
+        UnfollowFD every selector starts with (unfollowing an fd that is not
+        followed fails the selector: no event, no other action)."""
+        if plan.mode != hooks_mod.EMU_NONE:
+            return None   # the raw arguments are not the function's
+
+        def source(position: int) -> int:
+            return position if hook.kind == HOOK_TRACEPOINT else hook.args[position].index
+
+        for j, arg in enumerate(hook.args):
+            if arg.type == "fd":
+                return source(j)
+        firsts = [(sel.get("matchActions") or [{}])[0] for sel in hook.selectors]
+        fds = {a.get("argFd", 0) for a in firsts}
+        positions = self._positions(hook)
+        if firsts and all(a.get("action") == "UnfollowFD" for a in firsts) and len(fds) == 1 \
+                and next(iter(fds)) in positions:
+            return source(positions[next(iter(fds))])
+        return None
 
     @staticmethod
     def _positions(hook: Hook) -> dict[int, int]:
