@@ -225,11 +225,11 @@ def test_connect_deny_with_a_pod_selector_blocks_only_that_pod(ctd, start_daemon
 DEVICE_DENY = """apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
 metadata:
-  name: awing-no-full
+  name: bwing-no-full
 spec:
   podSelector:
     matchLabels:
-      app: awing
+      app: bwing
   kprobes:
   - call: sys_openat
     syscall: true
@@ -258,24 +258,24 @@ def open_from(cgroup_dir: str | None, path: str) -> str:
 
 
 def test_device_deny_with_a_pod_selector_refuses_only_that_pod(ctd, start_daemon, tmp_path):  # noqa: F811
-    awing, awing_cid = start_pod(ctd, "awing", "default", {"app": "awing"}, "spaceship")
+    bwing, bwing_cid = start_pod(ctd, "bwing", "default", {"app": "bwing"}, "spaceship")
     node = tmp_path / "full"
     os.mknod(node, 0o666 | 0o020000, os.makedev(1, 7))   # /dev/full's numbers
     os.chmod(tmp_path, 0o755)
     d = start_daemon(f"--containerd-address={ctd.socket}")
     (d.policy_dir / "deny.yaml").write_text(DEVICE_DENY.format(node=node))
     wait_policies(d, 1, pred=lambda ps: ps[0]["state"] == "loaded")
-    wait_scopes(d, {"awing-no-full": 2})
+    wait_scopes(d, {"bwing-no-full": 2})
     root = detect("/sys/kernel/btf/vmlinux", quick=True).cgroup_v2_root
-    with open(f"/proc/{ctd.task_pid(awing_cid)}/cgroup") as f:
+    with open(f"/proc/{ctd.task_pid(bwing_cid)}/cgroup") as f:
         pod_cgroup = root + [l[3:].strip() for l in f if l.startswith("0::")][0]
     assert open_from(pod_cgroup, str(node)) == "errno 1"      # EPERM, before the driver
     assert open_from(None, str(node)) == "opened"              # the host: allowed
     verdicts = d.wait_for(lambda evs: [e["process_kprobe"] for e in evs if "process_kprobe" in e
-                                       and e["process_kprobe"]["policy_name"] == "awing-no-full"],
+                                       and e["process_kprobe"]["policy_name"] == "bwing-no-full"],
                           what="the refusal's event")
     assert verdicts[0]["action"] == "KPROBE_ACTION_OVERRIDE"
-    assert verdicts[0]["process"]["pod"]["name"] == "awing"
+    assert verdicts[0]["process"]["pod"]["name"] == "bwing"
 
 
 def test_policy_resources_from_the_kubernetes_api_emulator(start_daemon, tmp_path):
