@@ -201,10 +201,13 @@ def tracing_part(policy):
 
 
 def unenforceable_overrides(policy, features) -> list[str]:
-    """Reasons why Override on other hooks cannot be honoured here."""
+    """Reasons why Override on hooks other than network calls cannot be honoured
+    here.  An lsmhook returns the error from its BPF LSM program (the hook is
+    refused anyway on a kernel without BPF LSM); elsewhere Override would need
+    bpf_override_return, which tetrad does not use (see README: Override)."""
     reasons = []
     for hook in policy.hooks:
-        if hook.kind == "kprobe" and is_network_call(hook.name):
+        if hook.kind == "lsm" or (hook.kind == "kprobe" and is_network_call(hook.name)):
             continue
         for s, sel in enumerate(hook.selectors):
             if any(a.get("action") == "Override" for a in sel.get("matchActions") or ()):
@@ -212,8 +215,11 @@ def unenforceable_overrides(policy, features) -> list[str]:
                 if not (features.bpf_lsm or features.override_return):
                     reasons.append(f"{where}: Override on {hook.name!r} needs BPF LSM or kprobe "
                                    "override; this kernel has neither")
+                elif not features.override_return:
+                    reasons.append(f"{where}: Override on {hook.name!r} needs bpf_override_return, "
+                                   f"which this kernel lacks ({features.notes.get('override_return', 'refused')}); "
+                                   "it has BPF LSM: put the Override on an lsmhook (e.g. file_open)")
                 else:
-                    reasons.append(f"{where}: Override on {hook.name!r} is not implemented by "
-                                   "tetrad's kprobe backend yet (only network calls, through "
-                                   "cgroup BPF)")
+                    reasons.append(f"{where}: Override on {hook.name!r} through bpf_override_return is "
+                                   "not implemented by tetrad; put the Override on an lsmhook")
     return reasons

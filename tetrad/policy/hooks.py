@@ -8,6 +8,8 @@ The rule, in one place (`plan`):
                                 `return`/`returnCopy`)
   kprobes on kernel functions:  a kprobe (+kretprobe) where the kernel has kprobes, else the
                                 documented tracepoint equivalent in EQUIVALENTS, else rejected
+  lsmhooks:                     a BPF LSM program on the hook where BPF LSM loads, else rejected
+                                (nothing else can deny, so nothing else stands in for it)
 A policy can force a choice with `spec.options: [{name: hook-backend, value: kprobe|tracepoint}]`.
 `tetrad tracingpolicy list` shows each hook's backend and attach points.
 """
@@ -18,13 +20,14 @@ import os
 import platform
 from dataclasses import dataclass, field
 
-from .model import HOOK_KPROBE, HOOK_TRACEPOINT, HOOK_UPROBE, Hook, Policy
+from .model import HOOK_KPROBE, HOOK_LSM, HOOK_TRACEPOINT, HOOK_UPROBE, Hook, Policy
 
 BACKEND_KPROBE = "kprobe"
 BACKEND_SYSCALL_TP = "syscall-tracepoints"
 BACKEND_TRACEPOINT = "tracepoint"
 BACKEND_EQUIVALENT = "tracepoint-equivalent"
 BACKEND_UPROBE = "uprobe"
+BACKEND_LSM = "bpf-lsm"
 
 FORCE_OPTION = "hook-backend"
 
@@ -142,6 +145,12 @@ def plan(hook: Hook, features, force: str = "auto") -> Plan:
         if hook.needs_return:
             points.append(("uretprobe", hook.name, EXIT))
         return Plan(BACKEND_UPROBE, points)
+    if hook.kind == HOOK_LSM:
+        if not features.bpf_lsm:
+            raise PlanError(f'{hook.path}.hook: lsmhook "{hook.name}": this kernel has no BPF LSM ('
+                            f'{features.notes.get("bpf_lsm", "it refused an LSM program")}); '
+                            "lsmhooks are not emulated: a kprobe or tracepoint cannot deny")
+        return Plan(BACKEND_LSM, [("lsm", hook.name, ENTER)])
     assert hook.kind == HOOK_KPROBE
     if hook.syscall:
         name = syscall_name(hook.name)
