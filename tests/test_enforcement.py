@@ -228,3 +228,21 @@ def test_sigkill_table(killer, tmp_path):
     kills = [e for e in settle(d) if e.get("process_kprobe", {}).get("action") == "KPROBE_ACTION_SIGKILL"]
     assert {e["process_kprobe"]["policy_name"] for e in kills} >= {"kill-exec", "kill-write", "kill-creat",
                                                                   "kill-unlink"}
+
+
+def test_monitor_mode_on_a_tracing_hook_reports_the_kill_it_does_not_do(tmp_path, scoped_python):
+    """Not a network call: the policy's own program runs the selector, and monitor mode
+    turns its Sigkill into a report that names it."""
+    text = sigkill_policy("watch-unlink", "sys_unlink", scoped_python).replace(
+        "spec:\n", "spec:\n  options:\n  - name: policy-mode\n    value: monitor\n", 1)
+    d = start_with_policies(tmp_path / "d", {"watch.yaml": text})
+    try:
+        doomed = tmp_path / "doomed"
+        doomed.write_text("x")
+        rc, _ = run(scoped_python, code=f"import os; os.unlink('{doomed}')")
+        assert rc == 0 and not doomed.exists()
+        [ev] = d.wait_for(lambda evs: verdicts(d), what="the monitor-mode event")
+        assert ev["policy_name"] == "watch-unlink" and ev["action"] == "KPROBE_ACTION_SIGKILL"
+        assert ev["message"] == "monitor mode: not enforced"
+    finally:
+        d.stop()

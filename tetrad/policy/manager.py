@@ -418,7 +418,7 @@ class PolicyManager:
         entry = self._entry_of.get(id(program))
         if entry is not None and entry.monitored:
             rec = decode(raw)
-            not_taken = entry.monitored.get((rec.hook, rec.selector))
+            not_taken = entry.monitored.get((rec.hook, rec.selector - 1))   # rec.selector counts from 1
             if not_taken:
                 body = event[kind]
                 body["action"] = "KPROBE_ACTION_" + not_taken.upper()
