@@ -139,12 +139,6 @@ def test_lsmhooks_deny_report_or_are_refused_with_the_reason(tmp_path, dirs):
         monitored = d.wait_for(lambda _: [e for e in lsm_events(d, denied) if "monitor mode" in e["message"]],
                                what="the monitor-mode event")
         assert monitored[0]["action"] == "KPROBE_ACTION_OVERRIDE"
-        subprocess.run(tetrad_cmd() + ["tracingpolicy", "set-mode", "lsm-open", "enforce",
-                                       f"--server-address=unix://{d.sock}", "--timeout=300"], check=True)
-        wait_policies(d, 1, timeout=300,
-                      pred=lambda ps: ps[0].get("mode") == "enforce" and ps[0]["state"] == "loaded")
-        with pytest.raises(PermissionError):
-            read(denied)
     finally:
         assert d.stop() == 0
     # fail-open: the LSM programs went with the daemon
