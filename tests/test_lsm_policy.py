@@ -27,7 +27,7 @@ from tetrad.encoder.compact import CompactEncoder
 FEATURES = features_mod.detect()
 
 
-def lsm_policy(name: str, deny: str, watch: str) -> str:
+def lsm_policy(name: str, deny: str, watch: str, nowrite: str) -> str:
     return f"""apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
 metadata:
@@ -51,6 +51,23 @@ spec:
       - index: 0
         operator: "Prefix"
         values: ["{watch}"]
+  - hook: "file_permission"
+    args:
+    - index: 0
+      type: "file"
+    - index: 1
+      type: "int"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "Prefix"
+        values: ["{nowrite}"]
+      - index: 1
+        operator: "Mask"
+        values: ["2"]
+      matchActions:
+      - action: Override
+        argError: -13
 """
 
 
@@ -78,9 +95,9 @@ spec:
 
 @pytest.fixture
 def dirs(tmp_path):
-    """deny/, watch/ and other/ under a fresh directory, each with a file holding a secret."""
+    """deny/, watch/, nowrite/ and other/ under a fresh directory, each with a file holding a secret."""
     out = {}
-    for name in ("deny", "watch", "other"):
+    for name in ("deny", "watch", "nowrite", "other"):
         d = tmp_path / "files" / name
         d.mkdir(parents=True)
         (d / "f").write_text(f"secret of {name}")
@@ -93,15 +110,16 @@ def read(path) -> str:
         return f.read()
 
 
-def lsm_events(d, path: str) -> list[dict]:
+def lsm_events(d, path: str, hook: str = "file_open") -> list[dict]:
     return [e["process_lsm"] for e in d.events() if "process_lsm" in e
             and e["process_lsm"]["process"]["pid"] == os.getpid()
+            and e["process_lsm"]["function_name"] == hook
             and e["process_lsm"]["args"][0]["file_arg"]["path"] == path]
 
 
 def test_lsmhooks_deny_report_or_are_refused_with_the_reason(tmp_path, dirs):
     d = start_with_policies(tmp_path / "d", {"lsm.yaml": lsm_policy(
-        "lsm-open", f"{dirs['deny']}/", f"{dirs['watch']}/")}, timeout=300)
+        "lsm-open", f"{dirs['deny']}/", f"{dirs['watch']}/", f"{dirs['nowrite']}/")}, timeout=300)
     try:
         [pol] = status(d)["policies"]
         if not FEATURES.bpf_lsm:
@@ -113,7 +131,7 @@ def test_lsmhooks_deny_report_or_are_refused_with_the_reason(tmp_path, dirs):
             assert read(dirs["deny"] / "f") == "secret of deny"   # nothing was loaded to deny it
             return
         assert pol["state"] == "loaded", pol
-        assert [h["backend"] for h in pol["hooks"]] == ["bpf-lsm"], pol
+        assert [h["backend"] for h in pol["hooks"]] == ["bpf-lsm", "bpf-lsm"], pol
         denied, watched, other = (str(dirs[n] / "f") for n in ("deny", "watch", "other"))
         with pytest.raises(PermissionError) as exc:
             read(denied)
@@ -129,6 +147,20 @@ def test_lsmhooks_deny_report_or_are_refused_with_the_reason(tmp_path, dirs):
         assert lsm_events(d, other) == []
         line = CompactEncoder().encode({"process_lsm": ev, "node_name": "n", "time": "t"})
         assert line.startswith("\U0001F512 LSM ") and line.endswith(" file_open"), line
+
+        # file_permission with MAY_WRITE: the open succeeds, the write fails with
+        # argError (EACCES) and the file keeps its bytes; reading it is not denied
+        unwritten = str(dirs["nowrite"] / "f")
+        fd = os.open(unwritten, os.O_WRONLY)
+        try:
+            with pytest.raises(PermissionError) as exc:
+                os.write(fd, b"overwritten")
+            assert exc.value.errno == errno.EACCES
+        finally:
+            os.close(fd)
+        assert read(unwritten) == "secret of nowrite"
+        [ev] = d.wait_for(lambda _: lsm_events(d, unwritten, "file_permission"), what="the denied write's event")
+        assert ev["action"] == "KPROBE_ACTION_OVERRIDE" and ev["args"][1] == {"int_arg": 2}
 
         # monitor mode: the same open goes through and is reported as what would have been done
         subprocess.run(tetrad_cmd() + ["tracingpolicy", "set-mode", "lsm-open", "monitor",
