@@ -20,7 +20,6 @@ A policy can force a choice with `spec.options: [{name: hook-backend, value: kpr
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass, field
 
 from .. import backends
@@ -119,11 +118,6 @@ def syscall_name(call: str) -> str:
     return call
 
 
-def syscall_function(name: str) -> str:
-    arch = {"x86_64": "__x64_sys_", "aarch64": "__arm64_sys_"}.get(platform.machine(), "sys_")
-    return arch + name
-
-
 def tracepoint_exists(tracefs: str, target: str) -> bool:
     sub, event = target.split(":", 1)
     return os.path.isdir(os.path.join(tracefs, "events", sub, event))
@@ -174,7 +168,7 @@ def plan(hook: Hook, features, force: str = "auto") -> Plan:
     if hook.syscall:
         name = syscall_name(hook.name)
         if use_kprobe:
-            fn = syscall_function(name)
+            fn = backends.syscall_function(name)
             points = [("kprobe", fn, ENTER)] + ([("kretprobe", fn, EXIT)] if hook.needs_return else [])
             return Plan(BACKEND_KPROBE, points, syscall_wrapper=fn.startswith("__"))
         enter = f"syscalls:sys_enter_{name}"
