@@ -139,60 +139,67 @@ static __always_inline u64 ns_scope_bits(void)
     return ok;
 }
 
-/* Branch-free comparisons keep the verifier's work linear in the rules. */
-static __always_inline int cidr_match(const struct cidr *c, const u32 *addr, u32 family)
+/* Rule matching is arithmetic, not comparisons: BPF has no "set if", so each
+ * comparison is a branch, and the verifier must follow both sides of every
+ * one whose result decides the verdict.  Kernel 6.1's verifier gives up
+ * (E2BIG) on the 2^16 paths per rule that the address and port comparisons
+ * made; these helpers give one path per rule.  Values are below 2^31. */
+/* the empty asm hides the pattern from clang, which would turn it back into a compare */
+static __always_inline u32 nonzero(u32 x)
+{
+    u32 t = x | -x;
+    asm volatile("" : "+r"(t));
+    return t >> 31;
+}
+
+static __always_inline u32 below(u32 a, u32 b)   /* a < b */
+{
+    u32 t = a - b;
+    asm volatile("" : "+r"(t));
+    return t >> 31;
+}
+
+static __always_inline u32 in_set(u32 set, u32 value)   /* set 0 = any */
+{
+    return (1 - nonzero(set)) | (below(value, 32) & (set >> (value & 31)));
+}
+
+static __always_inline u32 cidr_match(const struct cidr *c, const u32 *addr, u32 family)
 {
     u32 diff = ((c->addr[0] ^ addr[0]) & c->mask[0]) | ((c->addr[1] ^ addr[1]) & c->mask[1]) |
                ((c->addr[2] ^ addr[2]) & c->mask[2]) | ((c->addr[3] ^ addr[3]) & c->mask[3]);
-    return (c->family == family) & (diff == 0);
+    return (1 - nonzero(c->family ^ family)) & (1 - nonzero(diff));
 }
 
-static __always_inline int rule_matches(const struct sock_rule *r, u32 hook, u32 family, u32 type,
-                                        u32 protocol, const u32 *addr, u16 port, u64 proc_bits,
-                                        u64 cgroup_bits, u64 ns_bits, u32 idx)
+/* 1 if rule r (slot idx) applies; `addr` is all zeros when has_addr is 0 (socket creation). */
+static __always_inline u32 rule_matches(const struct sock_rule *r, u32 hook, u32 family, u32 type,
+                                        u32 protocol, const u32 *addr, u32 has_addr, u32 port,
+                                        u64 proc_bits, u64 cgroup_bits, u64 ns_bits, u32 idx)
 {
-    if (!r->action || !(r->hooks & hook))
-        return 0;
-    if (r->families && (family >= 32 || !(r->families & (1u << family))))
-        return 0;
-    if (r->protocols && (protocol >= 32 || !(r->protocols & (1u << protocol))))
-        return 0;
-    if (r->types && (type >= 32 || !(r->types & (1u << type))))
-        return 0;
-    u64 bit = 1ull << idx;
-    if ((r->scope & SCOPE_PROCESS) && !(proc_bits & bit))
-        return 0;
-    if ((r->scope & SCOPE_NOT_PROCESS) && (proc_bits & bit))
-        return 0;
-    if ((r->scope & SCOPE_CGROUP) && !(cgroup_bits & bit))
-        return 0;
-    if (!(ns_bits & bit))
-        return 0;
-    if (r->n_addrs) {
-        if (!addr)
-            return 0;
-        int hit = 0;
+    u32 scope = r->scope;
+    u32 in_proc = (proc_bits >> idx) & 1, in_cgroup = (cgroup_bits >> idx) & 1;
+    u32 ok = nonzero(r->action) & nonzero(r->hooks & hook) & in_set(r->families, family) &
+             in_set(r->protocols, protocol) & in_set(r->types, type);
+    ok &= (1 - nonzero(scope & SCOPE_PROCESS)) | in_proc;
+    ok &= (1 - nonzero(scope & SCOPE_NOT_PROCESS)) | (1 - in_proc);
+    ok &= (1 - nonzero(scope & SCOPE_CGROUP)) | in_cgroup;
+    ok &= (ns_bits >> idx) & 1;
+    u32 hit = 0;
 #pragma clang loop unroll(disable)
-        for (int i = 0; i < MAX_ADDRS; i++)
-            hit |= (i < r->n_addrs) & cidr_match(&r->addrs[i], addr, family);
-        if (hit == (int)r->addrs_negate)
-            return 0;
-    }
-    if (r->n_ports) {
-        if (!addr)
-            return 0;
-        int hit = 0;
+    for (u32 i = 0; i < MAX_ADDRS; i++)
+        hit |= below(i, r->n_addrs) & cidr_match(&r->addrs[i], addr, family);
+    ok &= (1 - nonzero(r->n_addrs)) | (has_addr & (hit ^ (r->addrs_negate & 1)));
+    hit = 0;
 #pragma clang loop unroll(disable)
-        for (int i = 0; i < MAX_PORTS; i++)
-            hit |= (i < r->n_ports) & (port >= r->ports[i].lo) & (port <= r->ports[i].hi);
-        if (hit == (int)r->ports_negate)
-            return 0;
-    }
-    return 1;
+    for (u32 i = 0; i < MAX_PORTS; i++)
+        hit |= below(i, r->n_ports) & (1 - below(port, r->ports[i].lo)) & (1 - below(r->ports[i].hi, port));
+    ok &= (1 - nonzero(r->n_ports)) | (has_addr & (hit ^ (r->ports_negate & 1)));
+    return ok;
 }
 
 /* Returns 1 to allow, 0 to refuse (the caller gets EPERM). */
-static __always_inline int decide(u32 hook, u32 family, u32 type, u32 protocol, const u32 *addr, u16 port)
+static __always_inline int decide(u32 hook, u32 family, u32 type, u32 protocol, const u32 *addr,
+                                  u32 has_addr, u16 port)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32;
@@ -211,7 +218,8 @@ static __always_inline int decide(u32 hook, u32 family, u32 type, u32 protocol, 
     for (u32 i = 0; i < MAX_RULES; i++) {
         u32 key = i;
         struct sock_rule *r = rules.lookup(&key);
-        if (!r || !rule_matches(r, hook, family, type, protocol, addr, port, proc_bits, cgroup_bits, ns_bits, i))
+        if (!r || !rule_matches(r, hook, family, type, protocol, addr, has_addr, port, proc_bits,
+                                cgroup_bits, ns_bits, i))
             continue;
         struct sock_record *e = events.ringbuf_reserve(sizeof(struct sock_record));
         if (e) {
@@ -229,8 +237,7 @@ static __always_inline int decide(u32 hook, u32 family, u32 type, u32 protocol, 
             e->protocol = protocol;
             e->dport = port;
             e->cgroup_id = cgid;
-            if (addr)
-                __builtin_memcpy(e->daddr, addr, 16);
+            __builtin_memcpy(e->daddr, addr, 16);
             events.ringbuf_submit(e, 0);
         } else {
             u32 slot = RECORD_SOCK % LOST_SLOTS;
@@ -264,7 +271,7 @@ static __always_inline int kill_if_refused(void)
 static __always_inline int on_addr4(struct bpf_sock_addr *ctx, u32 hook)
 {
     u32 addr[4] = {ctx->user_ip4, 0, 0, 0};
-    return decide(hook, AF_INET, ctx->type, ctx->protocol, addr, ntohs16((u16)ctx->user_port));
+    return decide(hook, AF_INET, ctx->type, ctx->protocol, addr, 1, ntohs16((u16)ctx->user_port));
 }
 
 static __always_inline int on_addr6(struct bpf_sock_addr *ctx, u32 hook)
@@ -282,7 +289,7 @@ static __always_inline int on_addr6(struct bpf_sock_addr *ctx, u32 hook)
         w[2] = w[3] = 0;
         family = AF_INET;
     }
-    return decide(hook, family, ctx->type, ctx->protocol, w, port);
+    return decide(hook, family, ctx->type, ctx->protocol, w, 1, port);
 }
 
 int connect4(struct bpf_sock_addr *ctx) { return on_addr4(ctx, HOOK_CONNECT); }
@@ -292,7 +299,8 @@ int sendmsg6(struct bpf_sock_addr *ctx) { return on_addr6(ctx, HOOK_SENDMSG); }
 
 int sock_create(struct bpf_sock *sk)
 {
-    return decide(HOOK_SOCK_CREATE, sk->family, sk->type, sk->protocol, 0, 0);
+    u32 none[4] = {};
+    return decide(HOOK_SOCK_CREATE, sk->family, sk->type, sk->protocol, none, 0, 0);
 }
 
 /* the calls whose refusal the programs above decide (connect4/6 also run for

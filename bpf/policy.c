@@ -3,7 +3,8 @@
  *
  * Every hook of the policy has a slot n < NHOOKS and two entry points,
  * hook<n>_enter and hook<n>_exit, which userspace attaches to the
- * tracepoints, kprobes or uprobes tetrad/policy/hooks.py chose.  What a slot
+ * tracepoints, kprobes or uprobes tetrad/policy/hooks.py chose (an lsmhook
+ * slot has BPF LSM programs instead: see LSM_PROGRAMS below).  What a slot
  * reads (arguments and where they come from), its selectors and actions are
  * map values, so changing a policy's values needs no recompilation.
  * Selectors are evaluated here, in the kernel: an event that does not match
@@ -79,7 +80,14 @@ enum {
 /* actions */
 enum {
     ACT_POST = 1, ACT_NOPOST, ACT_FOLLOWFD, ACT_UNFOLLOWFD, ACT_COPYFD, ACT_SIGNAL, ACT_SIGKILL,
+    ACT_OVERRIDE,
 };
+
+/* Which program chain a stage belongs to (a constant in each program):
+ * tracepoints, kprobes/uprobes, or the BPF LSM programs of lsmhook i (RUN_LSM + i). */
+#define RUN_TP  0
+#define RUN_KP  1
+#define RUN_LSM 2
 
 struct arg_conf {
     u8 type;        /* ARG_* */
@@ -141,7 +149,7 @@ struct action_conf {
     u8 arg_fd;      /* positions */
     u8 arg_name;
     u8 scope;       /* rate limit: 0 thread, 1 process, 2 global */
-    u32 sig;
+    s32 arg;        /* Signal's signal; Override's error (negative errno) */
     u64 rate_ns;
 };
 
@@ -204,6 +212,7 @@ struct scratch {
     u32 len[8];
     u32 pos;                        /* write position in rec.data */
     u32 drop;
+    s32 verdict;                    /* an LSM program's return: 0, or Override's error */
     struct path_walk walk;
     struct eq_key eq_key;
     struct prefix_key prefix_key;
@@ -280,8 +289,15 @@ static __always_inline u64 read_ctx_field(void *ctx, u32 off, u32 size, u32 is_s
     return sign_extend(v, size, is_signed);
 }
 
-static __always_inline void read_raw_args(void *ctx, struct hook_conf *hc, u64 *raw)
+static __always_inline void read_raw_args(void *ctx, struct hook_conf *hc, u64 *raw, int run)
 {
+    if (run >= RUN_LSM) {
+        /* ctx: the hook's arguments, 8 bytes each; through a helper, since a
+         * direct read past the hook's own arguments fails to verify */
+        for (int i = 0; i < RAW_ARGS; i++)
+            bpf_probe_read_kernel(&raw[i], 8, ctx + i * 8);
+        return;
+    }
     if (hc->flags & HOOKF_KPROBE) {
         struct pt_regs *regs = ctx;
         if (hc->flags & HOOKF_SYSCALL_WRAPPER) {
@@ -850,7 +866,11 @@ static __always_inline int run_actions(struct scratch *s, struct selector_conf *
                     s->rec.action = ACT_POST;
                 break;
             }
-            bpf_send_signal(ac->action == ACT_SIGKILL ? 9 : ac->sig);
+            bpf_send_signal(ac->action == ACT_SIGKILL ? 9 : ac->arg);
+            break;
+        case ACT_OVERRIDE:
+            if (tgid != 1)   /* never deny PID 1 (tetrad itself never gets here) */
+                s->verdict = ac->arg;
             break;
         }
     }
@@ -861,7 +881,9 @@ static __always_inline int run_actions(struct scratch *s, struct selector_conf *
 /* Evaluation is split into programs chained by tail calls (START, one ARG
  * per position, one SELECT per selector, then REST of that selector) so that
  * each is verified alone and small; the state between them is the per-CPU
- * scratch.  Each program type (tracepoint, kprobe) has its own four stages. */
+ * scratch.  Each program type (tracepoint, kprobe) has its own four stages,
+ * and each lsmhook its own four (a BPF LSM program tail-calls only programs
+ * verified against its own hook). */
 #define STAGE_START  0
 #define STAGE_ARG    1
 #define STAGE_SELECT 2
@@ -871,13 +893,39 @@ static __always_inline int run_actions(struct scratch *s, struct selector_conf *
 BPF_PROG_ARRAY(tp_runners, 4);
 BPF_PROG_ARRAY(kp_runners, 4);
 
-/* `kp` is a constant in each program, so only one of the arrays is used */
-static __always_inline void next_stage(void *ctx, int kp, u32 stage)
+#define MAX_LSM_HOOKS 4
+#ifdef LSM_HOOK_0
+BPF_PROG_ARRAY(lsm_runners0, 4);
+#endif
+#ifdef LSM_HOOK_1
+BPF_PROG_ARRAY(lsm_runners1, 4);
+#endif
+#ifdef LSM_HOOK_2
+BPF_PROG_ARRAY(lsm_runners2, 4);
+#endif
+#ifdef LSM_HOOK_3
+BPF_PROG_ARRAY(lsm_runners3, 4);
+#endif
+
+/* `run` is a constant in each program, so only one of the arrays is used */
+static __always_inline void next_stage(void *ctx, int run, u32 stage)
 {
-    if (kp)
-        kp_runners.call(ctx, stage);
-    else
-        tp_runners.call(ctx, stage);
+    switch (run) {
+    case RUN_TP: tp_runners.call(ctx, stage); break;
+    case RUN_KP: kp_runners.call(ctx, stage); break;
+#ifdef LSM_HOOK_0
+    case RUN_LSM + 0: lsm_runners0.call(ctx, stage); break;
+#endif
+#ifdef LSM_HOOK_1
+    case RUN_LSM + 1: lsm_runners1.call(ctx, stage); break;
+#endif
+#ifdef LSM_HOOK_2
+    case RUN_LSM + 2: lsm_runners2.call(ctx, stage); break;
+#endif
+#ifdef LSM_HOOK_3
+    case RUN_LSM + 3: lsm_runners3.call(ctx, stage); break;
+#endif
+    }
 }
 
 static __always_inline struct scratch *get_scratch(void)
@@ -902,7 +950,7 @@ static __always_inline void emit(struct scratch *s)
     }
 }
 
-static __always_inline int stage_start(void *ctx, int kp)
+static __always_inline int stage_start(void *ctx, int run)
 {
     struct scratch *s = get_scratch();
     if (!s)
@@ -920,7 +968,7 @@ static __always_inline int stage_start(void *ctx, int kp)
     s64 ret = 0;
     struct saved_key sk = {.pid_tgid = pid_tgid, .slot = slot};
     if (s->phase == PHASE_ENTER) {
-        read_raw_args(ctx, hc, s->raw);
+        read_raw_args(ctx, hc, s->raw, run);
         if (hc->flags & HOOKF_AT_EXIT) {
             saved.update(&sk, (struct saved_args *)s->raw);
             return 0;
@@ -936,7 +984,7 @@ static __always_inline int stage_start(void *ctx, int kp)
         } else {
             return 0;   /* entered before the hook was attached */
         }
-        if (hc->flags & HOOKF_KPROBE)
+        if (run == RUN_KP)
             ret = PT_REGS_RC((struct pt_regs *)ctx);
         else
             ret = read_ctx_field(ctx, hc->ret_off, hc->ret_size, hc->ret_signed);
@@ -954,14 +1002,15 @@ static __always_inline int stage_start(void *ctx, int kp)
     r->action = ACT_POST;
     s->pos = 0;
     s->drop = 0;
+    s->verdict = 0;
     s->next = 0;
     s->val[POS_RET] = ret;
-    next_stage(ctx, kp, STAGE_ARG);
+    next_stage(ctx, run, STAGE_ARG);
     return 0;
 }
 
 /* Read position s->next, then go on to the next one, or to the selectors. */
-static __always_inline int stage_arg(void *ctx, int kp)
+static __always_inline int stage_arg(void *ctx, int run)
 {
     struct scratch *s = get_scratch();
     if (!s)
@@ -987,7 +1036,7 @@ static __always_inline int stage_arg(void *ctx, int kp)
     u32 next = p + 1 < hc->nargs ? p + 1 : POS_RET;
     if (p < POS_RET && (next < POS_RET || hc->args[POS_RET].type != ARG_NONE)) {
         s->next = next;
-        next_stage(ctx, kp, STAGE_ARG);
+        next_stage(ctx, run, STAGE_ARG);
         return 0;
     }
     if (!hc->nselectors) {
@@ -995,12 +1044,12 @@ static __always_inline int stage_arg(void *ctx, int kp)
         return 0;
     }
     s->next = 0;
-    next_stage(ctx, kp, STAGE_SELECT);
+    next_stage(ctx, run, STAGE_SELECT);
     return 0;
 }
 
 /* The matchArgs/matchReturnArgs of selector s->next. */
-static __always_inline int stage_select(void *ctx, int kp)
+static __always_inline int stage_select(void *ctx, int run)
 {
     struct scratch *s = get_scratch();
     if (!s)
@@ -1024,16 +1073,16 @@ static __always_inline int stage_select(void *ctx, int kp)
         }
     }
     if (ok) {
-        next_stage(ctx, kp, STAGE_REST);
+        next_stage(ctx, run, STAGE_REST);
         return 0;
     }
     s->next = k + 1;
-    next_stage(ctx, kp, STAGE_SELECT);
+    next_stage(ctx, run, STAGE_SELECT);
     return 0;
 }
 
 /* The process filters of selector s->next; on a match its actions and the event. */
-static __always_inline int stage_rest(void *ctx, int kp)
+static __always_inline int stage_rest(void *ctx, int run)
 {
     struct scratch *s = get_scratch();
     if (!s)
@@ -1050,30 +1099,35 @@ static __always_inline int stage_rest(void *ctx, int kp)
         s->rec.selector = k + 1;
         if (run_actions(s, sc, idx))
             emit(s);
-        return 0;
+        return run >= RUN_LSM ? s->verdict : 0;
     }
     s->next = k + 1;
-    next_stage(ctx, kp, STAGE_SELECT);
+    next_stage(ctx, run, STAGE_SELECT);
     return 0;
 }
 
-int tp_start(void *ctx) { return stage_start(ctx, 0); }
-int tp_arg(void *ctx) { return stage_arg(ctx, 0); }
-int tp_select(void *ctx) { return stage_select(ctx, 0); }
-int tp_rest(void *ctx) { return stage_rest(ctx, 0); }
-int kp_start(struct pt_regs *ctx) { return stage_start(ctx, 1); }
-int kp_arg(struct pt_regs *ctx) { return stage_arg(ctx, 1); }
-int kp_select(struct pt_regs *ctx) { return stage_select(ctx, 1); }
-int kp_rest(struct pt_regs *ctx) { return stage_rest(ctx, 1); }
+int tp_start(void *ctx) { return stage_start(ctx, RUN_TP); }
+int tp_arg(void *ctx) { return stage_arg(ctx, RUN_TP); }
+int tp_select(void *ctx) { return stage_select(ctx, RUN_TP); }
+int tp_rest(void *ctx) { return stage_rest(ctx, RUN_TP); }
+int kp_start(struct pt_regs *ctx) { return stage_start(ctx, RUN_KP); }
+int kp_arg(struct pt_regs *ctx) { return stage_arg(ctx, RUN_KP); }
+int kp_select(struct pt_regs *ctx) { return stage_select(ctx, RUN_KP); }
+int kp_rest(struct pt_regs *ctx) { return stage_rest(ctx, RUN_KP); }
 
-/* Raw argument i (0..5) of the hooked call, read alone.  `kp` is a
- * constant in each program: a tracepoint program must not hold the pt_regs
- * reads, which its verifier refuses. */
-static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, int kp)
+/* Raw argument i (0..5) of the hooked call, read alone, as read_raw_args
+ * reads them all.  `run` is a constant in each program: a tracepoint program
+ * must not hold the pt_regs reads, which its verifier refuses. */
+static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, int run)
 {
+    u64 v = 0;
     if (i >= RAW_ARGS)
         return 0;
-    if (!kp)
+    if (run >= RUN_LSM) {
+        bpf_probe_read_kernel(&v, 8, ctx + i * 8);
+        return v;
+    }
+    if (run == RUN_TP)
         return read_ctx_field(ctx, hc->tp_off[i], hc->tp_size[i], hc->tp_signed[i]);
     struct pt_regs *regs = ctx;
     if (hc->flags & HOOKF_SYSCALL_WRAPPER) {
@@ -1081,7 +1135,6 @@ static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, 
         u32 off = i == 0 ? offsetof(struct pt_regs, di) : i == 1 ? offsetof(struct pt_regs, si) :
                   i == 2 ? offsetof(struct pt_regs, dx) : i == 3 ? offsetof(struct pt_regs, r10) :
                   i == 4 ? offsetof(struct pt_regs, r8) : offsetof(struct pt_regs, r9);
-        u64 v = 0;
         bpf_probe_read_kernel(&v, 8, inner + off);
         return v;
     }
@@ -1095,10 +1148,10 @@ static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, 
  * is decided here with one map lookup, before the tail calls, the scratch
  * set-up and the argument reads of the stages. */
 static __always_inline int nothing_to_do(void *ctx, struct hook_conf *hc, u32 slot, u32 phase,
-                                         u64 pid_tgid, int kp)
+                                         u64 pid_tgid, int run)
 {
     if (phase == PHASE_ENTER && (hc->flags & HOOKF_FD_GATE)) {
-        struct fd_key fk = {.tgid = pid_tgid >> 32, .fd = (u32)read_raw_arg(ctx, hc, hc->fd_src, kp)};
+        struct fd_key fk = {.tgid = pid_tgid >> 32, .fd = (u32)read_raw_arg(ctx, hc, hc->fd_src, run)};
         return !fd_paths.lookup(&fk);
     }
     if (phase == PHASE_EXIT && (hc->flags & HOOKF_AT_EXIT)) {
@@ -1108,7 +1161,7 @@ static __always_inline int nothing_to_do(void *ctx, struct hook_conf *hc, u32 sl
     return 0;
 }
 
-static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int kp)
+static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int run)
 {
     u32 zero = 0, one = 1;
     u32 *enabled = settings.lookup(&zero);
@@ -1117,23 +1170,23 @@ static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int kp)
     if (!enabled || !*enabled || !self || *self == (pid_tgid >> 32))
         return 0;
     struct hook_conf *hc = hooks.lookup(&slot);
-    if (!hc || nothing_to_do(ctx, hc, slot, phase, pid_tgid, kp))
+    if (!hc || nothing_to_do(ctx, hc, slot, phase, pid_tgid, run))
         return 0;
     struct scratch *s = get_scratch();
     if (!s)
         return 0;
     s->slot = slot;
     s->phase = phase;
-    next_stage(ctx, kp, STAGE_START);
-    return 0;
+    next_stage(ctx, run, STAGE_START);
+    return 0;   /* reached only if the tail call failed: allow */
 }
 
 /* Each slot's entry points: hook<n>_* for tracepoints, khook<n>_* for kprobes and uprobes. */
 #define HOOK(n) \
-    int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, 0); } \
-    int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT, 0); } \
-    int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, 1); } \
-    int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, 1); }
+    int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_TP); } \
+    int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_TP); } \
+    int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_KP); } \
+    int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_KP); }
 
 HOOK(0)
 #if NHOOKS > 1
@@ -1180,4 +1233,31 @@ HOOK(14)
 #endif
 #if NHOOKS > 15
 HOOK(15)
+#endif
+
+/* BPF LSM: lsmhook i (< MAX_LSM_HOOKS) is hook slot LSM_SLOT_i on LSM hook LSM_HOOK_i.
+ * A BPF LSM program is verified against one hook, which BCC takes from the
+ * function's name after its first five characters: "lsEa_file_open" is the
+ * entry point of lsmhook a on file_open, "lsSa_"/"lsAa_"/"lsLa_"/"lsRa_" its
+ * stages.  The chain's last program returns the verdict: 0 or Override's error. */
+#define NAME_(prefix, hook) prefix##hook
+#define NAME(prefix, hook) NAME_(prefix, hook)
+#define LSM_PROGRAMS(i, L, slot, hook) \
+    int NAME(lsE##L##_, hook)(u64 *ctx) { return dispatch(ctx, slot, PHASE_ENTER, RUN_LSM + i); } \
+    int NAME(lsS##L##_, hook)(u64 *ctx) { return stage_start(ctx, RUN_LSM + i); } \
+    int NAME(lsA##L##_, hook)(u64 *ctx) { return stage_arg(ctx, RUN_LSM + i); } \
+    int NAME(lsL##L##_, hook)(u64 *ctx) { return stage_select(ctx, RUN_LSM + i); } \
+    int NAME(lsR##L##_, hook)(u64 *ctx) { return stage_rest(ctx, RUN_LSM + i); }
+
+#ifdef LSM_HOOK_0
+LSM_PROGRAMS(0, a, LSM_SLOT_0, LSM_HOOK_0)
+#endif
+#ifdef LSM_HOOK_1
+LSM_PROGRAMS(1, b, LSM_SLOT_1, LSM_HOOK_1)
+#endif
+#ifdef LSM_HOOK_2
+LSM_PROGRAMS(2, c, LSM_SLOT_2, LSM_HOOK_2)
+#endif
+#ifdef LSM_HOOK_3
+LSM_PROGRAMS(3, d, LSM_SLOT_3, LSM_HOOK_3)
 #endif

@@ -108,7 +108,8 @@ class Daemon:
             opener = gzip.open if path.suffix == ".gz" else open
             with opener(path, "rt") as f:
                 for line in f:
-                    if line.strip():
+                    # a line without its newline is still being written: read it next time
+                    if line.strip() and line.endswith("\n"):
                         out.append(json.loads(line))
         return out
 

@@ -50,8 +50,8 @@ def test_without_kprobes_syscalls_use_their_tracepoints():
 
 
 def test_without_kprobes_known_functions_use_an_equivalent_and_say_how_it_differs():
-    c = backends.choose(STRIPPED, "kprobe", "tcp_connect")
-    assert (c.backend, c.target) == ("tracepoint", "sock:inet_sock_set_state")
+    c = backends.choose(STRIPPED, "kprobe", "tcp_connect")   # the policy engine's equivalent
+    assert (c.backend, c.target) == ("tracepoint", "syscalls:sys_enter_connect, syscalls:sys_exit_connect")
     assert "4-tuple" in c.reason
     # an equivalent passed by the caller (the policy engine's own table)
     mine = backends.choose(STRIPPED, "kprobe", "do_unlinkat",
@@ -60,10 +60,40 @@ def test_without_kprobes_known_functions_use_an_equivalent_and_say_how_it_differ
 
 
 def test_without_kprobes_other_functions_are_refused_with_every_reason():
-    c = backends.choose(STRIPPED, "kprobe", "fd_install")
+    c = backends.choose(STRIPPED, "kprobe", "vfs_read")
     assert c.backend is None and c.target == ""
-    for why in ("kprobes missing here", "fentry missing here", "no tracepoint equivalent of fd_install"):
+    for why in ("kprobes missing here", "fentry missing here", "no tracepoint equivalent of vfs_read"):
         assert why in c.reason
+
+
+def test_the_engine_families_leave_fentry_out_and_say_so():
+    c = backends.choose(FENTRY_ONLY, "kprobe", "fd_install", families=backends.ENGINE_FAMILIES)
+    assert c.backend == "tracepoint" and "fentry" not in c.reason
+    forced = backends.choose(DISTRO, "kprobe", "fd_install", force="fentry", families=backends.ENGINE_FAMILIES)
+    assert forced.backend is None
+    assert forced.reason == "hook-backend=fentry forced, but tetrad's policy engine has no fentry backend yet"
+
+
+@pytest.mark.parametrize("feats", [DISTRO, STRIPPED, FENTRY_ONLY], ids=["distro", "stripped", "fentry-only"])
+@pytest.mark.parametrize("force", ["auto", "kprobe", "tracepoint"])
+def test_probe_preview_and_the_engine_plan_agree(feats, force):
+    """`tetrad probe` (summary) and the policy engine (hooks.plan) make one decision."""
+    from tetrad.policy import hooks
+    from tetrad.policy.model import Arg, Hook
+    engine_backend = {"kprobe": ("kprobe",), "kretprobe": ("kprobe",),
+                      "tracepoint": ("syscall-tracepoints", "tracepoint-equivalent")}
+    for c in backends.summary(feats, force=force):
+        if c.kind not in ("kprobe", "kretprobe"):
+            continue
+        ret = Arg(0, "int") if c.kind == "kretprobe" else None
+        hook = Hook("kprobe", c.name, "spec.kprobes[0]", syscall=c.name.startswith("sys_"), return_arg=ret)
+        try:
+            planned = hooks.plan(hook, feats, force).backend
+        except hooks.PlanError as e:
+            assert c.backend is None, f"{c}: the engine refused it: {e}"
+            continue
+        assert c.backend is not None, f"{c}: the engine planned {planned}"
+        assert planned in engine_backend[c.backend], (c, planned)
 
 
 def test_fentry_serves_when_kprobes_are_missing_but_only_for_btf_functions():
@@ -149,7 +179,8 @@ def test_probe_shows_the_backend_chosen_per_hook_kind(probed):
     else:
         assert (syscall["backend"], syscall["target"]) == ("tracepoint", "syscalls:sys_enter_write")
         assert choices[("kprobe", "tcp_connect")]["backend"] == "tracepoint"
-        assert function["backend"] in (None, "fentry") and function["reason"]
+        # the policy engine's equivalent: the exits of the open syscalls
+        assert function["backend"] == "tracepoint" and "syscalls:sys_exit_openat" in function["target"]
     assert lsm["backend"] == ("bpf_lsm" if probed["features"]["bpf_lsm"] else None)
     if "bpf_lsm" in EXPECTED:
         assert lsm["backend"] == "bpf_lsm"

@@ -167,8 +167,19 @@ def test_selector_errors(tmp_path, selector, reason):
 
 
 def test_unsupported_sections_are_named(tmp_path):
-    msg = error_of(tmp_path, with_spec("  lsmhooks:\n  - hook: file_open\n"))
-    assert "spec.lsmhooks: LSM hooks (lsmhooks) are not supported" in msg
+    msg = error_of(tmp_path, with_spec("  usdts:\n  - path: /bin/sh\n    provider: p\n    name: n\n"))
+    assert "spec.usdts: USDT probes (usdts) are not supported" in msg
+
+
+@pytest.mark.parametrize("hooks, field, reason", [
+    ("  - hook: file_open\n  - hook: file_open\n", "spec.lsmhooks[1].hook",
+     "'file_open' is already hooked by spec.lsmhooks[0]"),
+    ("  - hook: File-Open\n", "spec.lsmhooks[0].hook", "is not an LSM hook name"),
+    ("".join(f"  - hook: h{i}\n" for i in range(5)), "spec.lsmhooks", "tetrad loads at most 4"),
+])
+def test_lsmhooks_errors(tmp_path, hooks, field, reason):
+    msg = error_of(tmp_path, with_spec("  lsmhooks:\n" + hooks))
+    assert f"{field}: " in msg and reason in msg, msg
 
 
 # -- the corpus: Tetragon's own examples ---------------------------------------
@@ -177,12 +188,13 @@ def test_unsupported_sections_are_named(tmp_path):
 # README.md ("Tetragon's example policies") shows the same tally.
 CORPUS_TALLY = {
     "loaded": 19,
-    "argument type not supported": 17,
+    "argument type not supported": 18,
     "kprobe without kprobes and no tracepoint equivalent": 8,
     "Override needs BPF LSM or kprobe override": 5,
     "lists not supported": 4,
     "returnArgAction not supported": 4,
-    "LSM hooks not supported": 3,
+    "lsmhooks need BPF LSM": 1,
+    "argument resolve not supported": 1,
     "action GetUrl/DnsLookup not supported": 2,
     "USDT not supported": 2,
     "matchCapabilityChanges/isNamespaceCapability not supported": 2,
@@ -194,12 +206,13 @@ CORPUS_TALLY = {
 
 _REASONS = [
     (r"argument type .* is not supported", "argument type not supported"),
-    (r"has no kprobes and tetrad has no tracepoint equivalent", "kprobe without kprobes and no tracepoint equivalent"),
+    (r"no kprobe: .*; no tracepoint: no tracepoint equivalent of", "kprobe without kprobes and no tracepoint equivalent"),
     (r"Override on .* needs BPF LSM or kprobe override", "Override needs BPF LSM or kprobe override"),
     (r"cannot be (decided|enforced)", "enforcing selector not decidable by cgroup BPF"),
     (r"spec\.lists", "lists not supported"),
-    (r"lsmhooks", "LSM hooks not supported"),
+    (r"lsmhooks\[\d+\]\.hook: lsmhook .*: BPF LSM unavailable", "lsmhooks need BPF LSM"),
     (r"returnArgAction", "returnArgAction not supported"),
+    (r"argument resolve is not supported", "argument resolve not supported"),
     (r"action (GetUrl|DnsLookup)", "action GetUrl/DnsLookup not supported"),
     (r"usdts", "USDT not supported"),
     (r"matchCapabilityChanges|isNamespaceCapability", "matchCapabilityChanges/isNamespaceCapability not supported"),
@@ -284,7 +297,7 @@ def test_hook_backend_flag_forces_the_engine_unless_the_policy_says_otherwise():
     [policy] = loader.load_file(REPO_EXAMPLES / "sys_read_follow_prefix.yaml", "sys_read_follow_prefix.yaml")
     _, plans, _, _, _ = manager.prepare(policy, f, default_backend="tracepoint")
     assert {p.backend for p in plans} <= {"syscall-tracepoints", "tracepoint-equivalent"}
-    with pytest.raises(hooks.PlanError, match="kprobe forced, but this kernel has no kprobes"):
+    with pytest.raises(hooks.PlanError, match="hook-backend=kprobe forced, but "):
         manager.prepare(policy, f, default_backend="kprobe")
     with pytest.raises(hooks.PlanError, match="--hook-backend fentry: the policy engine has no such backend"):
         manager.prepare(policy, f, default_backend="fentry")

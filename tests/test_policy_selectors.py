@@ -114,6 +114,32 @@ def policies(test_pid: int, ports: dict[str, int]) -> dict[str, str]:
     return {"ints.yaml": ints, "process.yaml": proc, "strings.yaml": strings, "sock.yaml": socks}
 
 
+# The policy file each test needs: the daemon loads only those of the selected tests (a
+# policy costs ~40 s to compile under the kernel lane's emulation, where a subset runs).
+POLICY_OF = {
+    "test_integer_operators": "ints.yaml", "test_match_pids_follow_forks": "ints.yaml",
+    "test_match_return_args": "ints.yaml",
+    "test_match_binaries_and_parent_binaries": "process.yaml",
+    "test_match_parent_binaries_through_a_shell": "process.yaml",
+    "test_match_namespaces": "process.yaml", "test_match_capabilities": "process.yaml",
+    "test_string_operators": "strings.yaml", "test_nopost_and_post": "strings.yaml",
+    "test_rate_limit": "strings.yaml", "test_rate_limit_scope": "strings.yaml",
+    "test_signal_action": "strings.yaml",
+    "test_sigkill_action": "strings.yaml", "test_sock_operators": "sock.yaml",
+}
+POLICY_NAMES = {"ints.yaml": "ops-int", "process.yaml": "ops-process", "strings.yaml": "ops-string",
+                "sock.yaml": "ops-sock"}
+
+
+def needed_policies(session) -> set[str]:
+    """A test of this module missing from POLICY_OF gets every policy."""
+    ours = [item.originalname for item in session.items if item.module.__name__ == __name__
+            and "d" in getattr(item, "fixturenames", ()) and item.originalname != "test_all_test_policies_loaded"]
+    if any(name not in POLICY_OF for name in ours):
+        return set(POLICY_NAMES)
+    return {POLICY_OF[name] for name in ours}
+
+
 @pytest.fixture(scope="module")
 def listeners():
     """Loopback listeners (a, on 127.0.0.2: b, on a privileged port: priv) and a
@@ -128,17 +154,20 @@ def listeners():
 
 
 @pytest.fixture(scope="module")
-def d(tmp_path_factory, listeners):
-    daemon = start_with_policies(tmp_path_factory.mktemp("selectors"), policies(os.getpid(), listeners))
+def d(request, tmp_path_factory, listeners):
+    wanted = needed_policies(request.session)
+    daemon = start_with_policies(tmp_path_factory.mktemp("selectors"),
+                                 {f: text for f, text in policies(os.getpid(), listeners).items()
+                                  if f in wanted})
     yield daemon
     daemon.stop()
 
 
-def test_all_test_policies_loaded(d):
+def test_all_test_policies_loaded(d, request):
     from policytools import status
     states = {p["name"]: p["state"] for p in status(d)["policies"]}
-    assert states == {"ops-int": "loaded", "ops-process": "loaded", "ops-string": "loaded",
-                      "ops-sock": "loaded"}, status(d)["policies"]
+    assert states == {POLICY_NAMES[f]: "loaded" for f in needed_policies(request.session)}, \
+        status(d)["policies"]
 
 
 GETPGID_ALL = """

@@ -17,6 +17,13 @@ The rule, per hook kind (first available wins):
   deny), so the hook is refused with the reason.
 * ``tracepoint`` / ``raw_tracepoint`` / ``uprobe``: themselves, when the kernel has them.
 
+``families`` are the mechanisms the caller can attach.  The policy engine
+(tetrad/policy/hooks.py) attaches kprobes and tracepoints, not fentry yet, and calls
+``choose()`` with ``ENGINE_FAMILIES`` and its own table of tracepoint equivalents (the
+default table here), as ``tetrad probe`` does: so what probe previews, what
+``tetrad tracingpolicy list`` shows and what is attached are one decision.  The lane's
+mechanism checks (tests/test_kernel_hooks.py) ask about every family.
+
 ``force`` (the ``--hook-backend`` flag, or a policy's ``hook-backend`` option) pins one
 backend family for function hooks (``kprobes:``, the only kind with several mechanisms; the
 other kinds have exactly one).  If the kernel cannot provide it the hook is refused and the
@@ -28,22 +35,24 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
-__all__ = ["Choice", "FORCE_VALUES", "HOOK_KINDS", "TRACEPOINT_EQUIVALENTS", "choose",
-           "syscall_function", "summary"]
+__all__ = ["Choice", "ENGINE_FAMILIES", "FAMILIES", "FORCE_VALUES", "HOOK_KINDS", "choose",
+           "engine_equivalents", "syscall_function", "summary"]
 
 HOOK_KINDS = ("kprobe", "kretprobe", "lsm", "tracepoint", "raw_tracepoint", "uprobe")
 # Values of --hook-backend: "auto" applies the rule; the others pin a family.
 FORCE_VALUES = ("auto", "kprobe", "fentry", "tracepoint")
 
-# Kernel functions whose effect a tracepoint also reports, with the difference worth knowing.
-# (function entry -> tracepoint, caveat).  The policy engine may pass a larger table.
-TRACEPOINT_EQUIVALENTS: dict[str, tuple[str, str]] = {
-    "tcp_connect": ("sock:inet_sock_set_state",
-                    "CLOSE->SYN_SENT in the caller; the full 4-tuple only at ESTABLISHED"),
-    "tcp_close": ("tcp:tcp_destroy_sock", "fires when the socket is destroyed"),
-    "tcp_sendmsg": ("sock:sock_send_length", "kernel >= 6.3; byte count after the send"),
-    "tcp_recvmsg": ("sock:sock_recv_length", "kernel >= 6.3; byte count after the receive"),
-}
+# Mechanism families for function hooks, in order of preference.
+FAMILIES = ("kprobe", "fentry", "tracepoint")
+ENGINE_FAMILIES = ("kprobe", "tracepoint")   # what the policy engine attaches today
+
+
+def engine_equivalents() -> dict[str, tuple[str, str]]:
+    """The policy engine's tracepoint equivalents of kernel functions:
+    function -> (its tracepoints, how the equivalent differs)."""
+    from .policy.hooks import EQUIVALENTS   # late: the engine imports this module
+    return {name: (", ".join(tp for tp, _ in eq.attach), eq.description)
+            for name, eq in EQUIVALENTS.items()}
 
 # Per-architecture prefix of syscall entry functions (what a kprobe on a syscall attaches to).
 _SYSCALL_PREFIX = {"x86_64": "__x64_sys_", "aarch64": "__arm64_sys_", "s390x": "__s390x_sys_",
@@ -85,7 +94,8 @@ def _why_not(features, capability: str) -> str:
 
 def choose(features, kind: str, name: str = "", *, syscall: bool = False,
            force: str = "auto", in_btf: bool | None = None,
-           equivalents: dict[str, tuple[str, str]] | None = None) -> Choice:
+           equivalents: dict[str, tuple[str, str]] | None = None,
+           families: tuple[str, ...] = FAMILIES) -> Choice:
     """Pick the backend for one hook.
 
     `features` is a tetrad.features.Features; `in_btf` says whether the function has a BTF
@@ -95,7 +105,7 @@ def choose(features, kind: str, name: str = "", *, syscall: bool = False,
         raise ValueError(f"unknown hook kind {kind!r} (one of {', '.join(HOOK_KINDS)})")
     if force not in FORCE_VALUES:
         raise ValueError(f"unknown hook backend {force!r} (one of {', '.join(FORCE_VALUES)})")
-    equivalents = TRACEPOINT_EQUIVALENTS if equivalents is None else equivalents
+    equivalents = engine_equivalents() if equivalents is None else equivalents
 
     def pick(backend, target, reason):
         return Choice(kind, name, backend, target, reason)
@@ -104,7 +114,7 @@ def choose(features, kind: str, name: str = "", *, syscall: bool = False,
         return Choice(kind, name, None, "", reason)
 
     if kind in ("kprobe", "kretprobe"):
-        return _choose_function(features, kind, name, syscall, force, in_btf, equivalents)
+        return _choose_function(features, kind, name, syscall, force, in_btf, equivalents, families)
     if kind == "lsm":
         if features.bpf_lsm:
             return pick("bpf_lsm", name, "BPF LSM loads on this kernel")
@@ -123,7 +133,7 @@ def choose(features, kind: str, name: str = "", *, syscall: bool = False,
     return refuse(_why_not(features, "uprobes"))
 
 
-def _choose_function(features, kind, name, syscall, force, in_btf, equivalents) -> Choice:
+def _choose_function(features, kind, name, syscall, force, in_btf, equivalents, families) -> Choice:
     """kprobe/kretprobe hooks: the first available of kprobe, fentry, tracepoint."""
     ret = kind == "kretprobe"
     function = syscall_function(name) if syscall else name
@@ -149,6 +159,10 @@ def _choose_function(features, kind, name, syscall, force, in_btf, equivalents) 
                            f"no tracepoint equivalent of {name or 'this function'}"
                            + (" return" if ret else "")))
 
+    if force != "auto" and force not in families:
+        return Choice(kind, name, None, "", f"hook-backend={force} forced, but tetrad's policy "
+                                            f"engine has no {force} backend yet")
+    candidates = [c for c in candidates if c[0] in families]
     if force != "auto":
         family, backend, target, ok, why = next(c for c in candidates if c[0] == force)
         if ok:
@@ -179,11 +193,13 @@ SAMPLE_HOOKS = (
 
 
 def summary(features, force: str = "auto", has_func=None) -> list[Choice]:
-    """The choice for each sample hook; `has_func(name)` answers BTF questions if given."""
+    """What the policy engine would attach for each sample hook; `has_func(name)` answers
+    BTF questions if given."""
     out = []
     for kind, name, syscall in SAMPLE_HOOKS:
         in_btf = None
         if has_func is not None and kind in ("kprobe", "kretprobe"):
             in_btf = has_func(syscall_function(name) if syscall else name)
-        out.append(choose(features, kind, name, syscall=syscall, force=force, in_btf=in_btf))
+        out.append(choose(features, kind, name, syscall=syscall, force=force, in_btf=in_btf,
+                          families=ENGINE_FAMILIES))
     return out

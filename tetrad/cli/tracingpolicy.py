@@ -15,6 +15,8 @@ from .getevents import _address
 def add_arguments(p) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server-address", default=None, help="the daemon's socket")
+    common.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds to wait for the daemon (a policy load compiles BPF first)")
     sub = p.add_subparsers(dest="tp_command", metavar="ACTION")
     sub.required = True
     ls = sub.add_parser("list", parents=[common], help="list loaded tracing policies")
@@ -41,7 +43,7 @@ def main(args) -> int:
     else:
         payload = {"name": args.name}
     try:
-        result = client.call(_address(args), f"tracingpolicy.{action}", payload)
+        result = client.call(_address(args), f"tracingpolicy.{action}", payload, timeout=args.timeout)
     except client.ApiError as e:
         print(f"tetrad tracingpolicy {action}: {e}", file=sys.stderr)
         return 1

@@ -229,12 +229,15 @@ def tracing_part(policy, also=frozenset()):
 
 
 def unenforceable_overrides(policy, features, devices=frozenset(), not_devices=None) -> list[str]:
-    """Reasons why Override on other hooks cannot be honoured here.  `devices`:
-    (hook index, selector index) pairs that are device rules; `not_devices`:
-    for other selectors on open hooks, why they are not."""
+    """Reasons why Override on hooks other than network calls cannot be honoured
+    here.  An lsmhook returns the error from its BPF LSM program (the hook is
+    refused anyway on a kernel without BPF LSM); elsewhere Override would need
+    bpf_override_return, which tetrad does not use (see README: Override).
+    `devices`: (hook index, selector index) pairs that are device rules;
+    `not_devices`: for other selectors on open hooks, why they are not."""
     reasons = []
     for h, hook in enumerate(policy.hooks):
-        if hook.kind == "kprobe" and is_network_call(hook.name):
+        if hook.kind == "lsm" or (hook.kind == "kprobe" and is_network_call(hook.name)):
             continue
         for s, sel in enumerate(hook.selectors):
             if (h, s) in devices:
@@ -246,8 +249,12 @@ def unenforceable_overrides(policy, features, devices=frozenset(), not_devices=N
                     reasons.append(f"{where}: Override on {hook.name!r} needs BPF LSM or kprobe "
                                    "override; this kernel has neither" +
                                    (f" (cgroup BPF refuses device opens only: {why})" if why else ""))
+                elif not features.override_return:
+                    reasons.append(f"{where}: Override on {hook.name!r} needs bpf_override_return, "
+                                   f"which this kernel lacks ({features.notes.get('override_return', 'refused')}); "
+                                   "it has BPF LSM: put the Override on an lsmhook (e.g. file_open)" +
+                                   (f" (cgroup BPF refuses device opens only: {why})" if why else ""))
                 else:
-                    reasons.append(f"{where}: Override on {hook.name!r} is not implemented by "
-                                   "tetrad's kprobe backend yet (only network calls, through "
-                                   "cgroup BPF)")
+                    reasons.append(f"{where}: Override on {hook.name!r} through bpf_override_return is "
+                                   "not implemented by tetrad; put the Override on an lsmhook")
     return reasons

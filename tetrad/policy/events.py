@@ -1,5 +1,5 @@
 """Policy records (bpf/policy.c `struct policy_record`) to Tetragon's
-process_kprobe / process_tracepoint / process_uprobe events.
+process_kprobe / process_tracepoint / process_uprobe / process_lsm events.
 
 Arguments are rendered as Tetragon's `KprobeArgument` JSON: int_arg,
 uint_arg, long_arg and size_arg (64-bit values as strings, as protobuf JSON
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..process import flags as pflags
 from ..timefmt import rfc3339
-from .model import HOOK_KPROBE, HOOK_TRACEPOINT, Hook, Policy
+from .model import HOOK_KPROBE, HOOK_LSM, HOOK_TRACEPOINT, Hook, Policy
 from .program import ACTION_NAMES, POS_RET
 
 # header (type, size, ktime), hook, pid, tid, selector, action, flags, ret, arg_len[8]
@@ -148,7 +148,7 @@ class PolicyEvents:
                 rendered = self._mark_truncated(hook, rec, arg, rendered)
             if rendered is not None:
                 args.append(rendered)
-        if hook.kind == HOOK_KPROBE:
+        if hook.kind in (HOOK_KPROBE, HOOK_LSM):
             body["function_name"] = hook.name
         elif hook.kind == HOOK_TRACEPOINT:
             body["subsys"], body["event"] = hook.subsystem, hook.event

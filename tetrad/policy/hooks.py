@@ -1,6 +1,9 @@
 """Choosing how each hook of a policy attaches on this kernel.
 
-The rule, in one place (`plan`):
+Which mechanism serves a kprobe or lsmhook is decided by tetrad/backends.py's
+`choose()`, the rule `tetrad probe` previews, asked about the mechanisms this
+engine attaches (kprobes and tracepoints; no fentry yet) and this module's
+table of tracepoint equivalents; `plan` turns that decision into attach points:
   tracepoints:                  the tracepoint itself
   uprobes:                      a BCC uprobe (and uretprobe when a return value is traced)
   kprobes with syscall: true:   a kprobe (+kretprobe) on the syscall's entry function where the
@@ -8,6 +11,8 @@ The rule, in one place (`plan`):
                                 `return`/`returnCopy`)
   kprobes on kernel functions:  a kprobe (+kretprobe) where the kernel has kprobes, else the
                                 documented tracepoint equivalent in EQUIVALENTS, else rejected
+  lsmhooks:                     a BPF LSM program on the hook where BPF LSM loads, else rejected
+                                (nothing else can deny, so nothing else stands in for it)
 A policy can force a choice with `spec.options: [{name: hook-backend, value: kprobe|tracepoint}]`.
 `tetrad tracingpolicy list` shows each hook's backend and attach points.
 """
@@ -15,16 +20,17 @@ A policy can force a choice with `spec.options: [{name: hook-backend, value: kpr
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass, field
 
-from .model import HOOK_KPROBE, HOOK_TRACEPOINT, HOOK_UPROBE, Hook, Policy
+from .. import backends
+from .model import HOOK_KPROBE, HOOK_LSM, HOOK_TRACEPOINT, HOOK_UPROBE, Hook, Policy
 
 BACKEND_KPROBE = "kprobe"
 BACKEND_SYSCALL_TP = "syscall-tracepoints"
 BACKEND_TRACEPOINT = "tracepoint"
 BACKEND_EQUIVALENT = "tracepoint-equivalent"
 BACKEND_UPROBE = "uprobe"
+BACKEND_LSM = "bpf-lsm"
 
 FORCE_OPTION = "hook-backend"
 
@@ -112,22 +118,32 @@ def syscall_name(call: str) -> str:
     return call
 
 
-def syscall_function(name: str) -> str:
-    arch = {"x86_64": "__x64_sys_", "aarch64": "__arm64_sys_"}.get(platform.machine(), "sys_")
-    return arch + name
-
-
 def tracepoint_exists(tracefs: str, target: str) -> bool:
     sub, event = target.split(":", 1)
     return os.path.isdir(os.path.join(tracefs, "events", sub, event))
 
 
+def _kprobe_chosen(hook: Hook, features, force: str) -> bool:
+    """True for a kprobe (+kretprobe), False for a tracepoint; PlanError with every
+    reason when neither serves the hook."""
+    def ask(kind):
+        return backends.choose(features, kind, hook.name, syscall=hook.syscall, force=force,
+                               families=backends.ENGINE_FAMILIES)
+    choice = ask("kprobe")
+    if choice.backend is None:
+        raise PlanError(f'kprobe "{hook.name}": {choice.reason}')
+    if choice.backend != "kprobe":
+        return False
+    if hook.needs_return:
+        ret = ask("kretprobe")
+        if ret.backend != "kretprobe":
+            raise PlanError(f'kprobe "{hook.name}": its return value needs a kretprobe: {ret.reason}')
+    return True
+
+
 def plan(hook: Hook, features, force: str = "auto") -> Plan:
     """How `hook` attaches on a kernel with `features` (tetrad/features.py)."""
     tracefs = features.tracefs or "/sys/kernel/tracing"
-    use_kprobe = features.kprobes if force == "auto" else force == "kprobe"
-    if force == "kprobe" and not features.kprobes:
-        raise PlanError(f"{hook.kind} {hook.name!r}: hook-backend kprobe forced, but this kernel has no kprobes")
     if hook.kind == HOOK_TRACEPOINT:
         target = f"{hook.subsystem}:{hook.event}"
         if not tracepoint_exists(tracefs, target):
@@ -142,11 +158,17 @@ def plan(hook: Hook, features, force: str = "auto") -> Plan:
         if hook.needs_return:
             points.append(("uretprobe", hook.name, EXIT))
         return Plan(BACKEND_UPROBE, points)
+    if hook.kind == HOOK_LSM:
+        choice = backends.choose(features, "lsm", hook.name)
+        if choice.backend is None:
+            raise PlanError(f'{hook.path}.hook: lsmhook "{hook.name}": {choice.reason}')
+        return Plan(BACKEND_LSM, [("lsm", hook.name, ENTER)])
     assert hook.kind == HOOK_KPROBE
+    use_kprobe = _kprobe_chosen(hook, features, force)
     if hook.syscall:
         name = syscall_name(hook.name)
         if use_kprobe:
-            fn = syscall_function(name)
+            fn = backends.syscall_function(name)
             points = [("kprobe", fn, ENTER)] + ([("kretprobe", fn, EXIT)] if hook.needs_return else [])
             return Plan(BACKEND_KPROBE, points, syscall_wrapper=fn.startswith("__"))
         enter = f"syscalls:sys_enter_{name}"
@@ -160,10 +182,7 @@ def plan(hook: Hook, features, force: str = "auto") -> Plan:
     if use_kprobe:
         points = [("kprobe", hook.name, ENTER)] + ([("kretprobe", hook.name, EXIT)] if hook.needs_return else [])
         return Plan(BACKEND_KPROBE, points)
-    eq = EQUIVALENTS.get(hook.name)
-    if eq is None:
-        raise PlanError(f'kprobe "{hook.name}": this kernel has no kprobes and tetrad has no tracepoint equivalent'
-                        + (" (forced by hook-backend tracepoint)" if features.kprobes else ""))
+    eq = EQUIVALENTS[hook.name]   # choose() picks a tracepoint only where one is known
     missing = sorted({a.index for a in hook.args} - eq.args)
     if missing:
         raise PlanError(f'kprobe "{hook.name}": its tracepoint equivalent supplies arguments '

@@ -44,7 +44,7 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 SETTLE_S = 0.15   # wait for a burst of inotify events (an editor's save) to end
 MODE_OPTION = "policy-mode"
 MODES = ("enforce", "monitor")
-SIGNALLING_ACTIONS = ("Sigkill", "Signal")
+ENFORCING_ACTIONS = ("Sigkill", "Signal", "Override")
 
 
 def policy_mode(policy: Policy) -> str:
@@ -58,17 +58,17 @@ def policy_mode(policy: Policy) -> str:
 
 
 def _monitor_only(policy: Policy) -> tuple[Policy, dict]:
-    """Monitor mode for the tracing program: Sigkill/Signal become Post, and
+    """Monitor mode for the tracing program: Sigkill/Signal/Override become Post, and
     what was not done is remembered per (hook, selector) for the events."""
     hooks, monitored = [], {}
     for h, hook in enumerate(policy.hooks):
         selectors = []
         for s_i, sel in enumerate(hook.selectors):
             acts = sel.get("matchActions") or ()
-            taken = [a["action"] for a in acts if a.get("action") in SIGNALLING_ACTIONS]
+            taken = [a["action"] for a in acts if a.get("action") in ENFORCING_ACTIONS]
             if taken:
                 monitored[(h, s_i)] = taken[0]
-                sel = dict(sel, matchActions=[a if a.get("action") not in SIGNALLING_ACTIONS
+                sel = dict(sel, matchActions=[a if a.get("action") not in ENFORCING_ACTIONS
                                               else {"action": "Post"} for a in acts])
             selectors.append(sel)
         hooks.append(dataclasses.replace(hook, selectors=tuple(selectors)))
@@ -524,7 +524,7 @@ class PolicyManager:
         entry = self._entry_of.get(id(program))
         if entry is not None and entry.monitored:
             rec = decode(raw)
-            not_taken = entry.monitored.get((rec.hook, rec.selector))
+            not_taken = entry.monitored.get((rec.hook, rec.selector - 1))   # rec.selector counts from 1
             if not_taken:
                 body = event[kind]
                 body["action"] = "KPROBE_ACTION_" + not_taken.upper()

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 HOOK_KPROBE = "kprobe"
 HOOK_TRACEPOINT = "tracepoint"
 HOOK_UPROBE = "uprobe"
+HOOK_LSM = "lsm"
 
 # the event type each hook kind produces
 EVENT_TYPES = {HOOK_KPROBE: "process_kprobe", HOOK_TRACEPOINT: "process_tracepoint",
-               HOOK_UPROBE: "process_uprobe"}
+               HOOK_UPROBE: "process_uprobe", HOOK_LSM: "process_lsm"}
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,8 @@ class Arg:
 
 @dataclass
 class Hook:
-    kind: str                 # HOOK_KPROBE, HOOK_TRACEPOINT, HOOK_UPROBE
-    name: str                 # kprobe call, "subsystem/event", or "path:symbol"
+    kind: str                 # HOOK_KPROBE, HOOK_TRACEPOINT, HOOK_UPROBE, HOOK_LSM
+    name: str                 # kprobe call, "subsystem/event", "path:symbol", or LSM hook
     path: str                 # where in the document: "spec.kprobes[0]"
     args: tuple[Arg, ...] = ()
     syscall: bool = False
@@ -92,6 +93,12 @@ def hooks_of(spec: dict) -> list[Hook]:
             args=tuple(Arg.from_spec(a) for a in t.get("args") or ()),
             selectors=tuple(t.get("selectors") or ()), message=t.get("message", ""),
             tags=tuple(t.get("tags") or ()), subsystem=t["subsystem"], event=t["event"]))
+    for i, h in enumerate(spec.get("lsmhooks") or ()):
+        hooks.append(Hook(
+            kind=HOOK_LSM, name=h["hook"], path=f"spec.lsmhooks[{i}]",
+            args=tuple(Arg.from_spec(a) for a in h.get("args") or ()),
+            selectors=tuple(h.get("selectors") or ()), message=h.get("message", ""),
+            tags=tuple(h.get("tags") or ())))
     for i, u in enumerate(spec.get("uprobes") or ()):
         for sym in u.get("symbols") or ():
             hooks.append(Hook(

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from ..bpf_loader import compile_program
 from . import hooks as hooks_mod
+from . import lsm
 from .hooks import ENTER, EXIT, Plan
-from .model import HOOK_KPROBE, HOOK_TRACEPOINT, Hook, Policy
+from .model import HOOK_KPROBE, HOOK_LSM, HOOK_TRACEPOINT, Hook, Policy
 from .validate import parse_rate_limit
 
 log = logging.getLogger("tetrad.policy")
@@ -46,11 +47,14 @@ OPS = {
     "NotIn": 27,
 }
 ACTIONS = {"Post": 1, "NoPost": 2, "FollowFD": 3, "UnfollowFD": 4, "CopyFD": 5, "Signal": 6,
-           "Sigkill": 7}
+           "Sigkill": 7, "Override": 8}
 ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
 HOOKF_AT_EXIT, HOOKF_KPROBE, HOOKF_SYSCALL_WRAPPER, HOOKF_FD_GATE = 1, 2, 4, 8
 ARGF_RETURN_COPY = 1
 RUNNER_STAGES = ("start", "arg", "select", "rest")
+MAX_LSM_HOOKS = 4       # bpf/policy.c: each lsmhook has its own programs
+LSM_LETTERS = "abcd"    # lsmhook i's programs are ls<E|S|A|L|R><letter>_<hook>
+LSM_STAGE_PREFIX = "SALR"   # start, arg, select, rest
 CONSUME_BUDGET = 4096   # records handled per wakeup of one ring buffer
 NAMESPACE_INDEX = {"Uts": 0, "Ipc": 1, "Mnt": 2, "Pid": 3, "PidForChildren": 4, "Net": 5,
                    "Time": 6, "TimeForChildren": 7, "Cgroup": 8, "User": 9}
@@ -144,8 +148,15 @@ class PolicyProgram:
         self.tracefs = tracefs
         self.procfs = procfs
         started = time.monotonic()
+        self.lsm_hooks = [(slot, h) for slot, h in enumerate(policy.hooks) if h.kind == HOOK_LSM]
+        if len(self.lsm_hooks) > MAX_LSM_HOOKS:
+            raise ProgramError(f"{len(self.lsm_hooks)} lsmhooks; tetrad loads at most {MAX_LSM_HOOKS} per policy")
+        lsm_macros = {}
+        for i, (slot, hook) in enumerate(self.lsm_hooks):
+            lsm_macros[f"LSM_HOOK_{i}"], lsm_macros[f"LSM_SLOT_{i}"] = hook.name, slot
+        self._lsm_fds: list[int] = []   # LSM programs and their links, closed by close()
         try:
-            self.bpf = compile_program("policy.c", {**macros, "RB_PAGES": rb_pages,
+            self.bpf = compile_program("policy.c", {**macros, **lsm_macros, "RB_PAGES": rb_pages,
                                                     "NHOOKS": max(1, len(policy.hooks))})
         except Exception as e:
             raise ProgramError(f"BPF compile failed: {e}") from e
@@ -170,9 +181,28 @@ class PolicyProgram:
             for i, stage in enumerate(RUNNER_STAGES):
                 fn = self.bpf.load_func(f"{prefix}_{stage}", ptype)
                 runners[ctypes.c_int(i)] = ctypes.c_int(fn.fd)
+        for i, (slot, hook) in enumerate(self.lsm_hooks):
+            self._load_lsm(i, hook)
         for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
-            self._attach(slot, hook, plan)
+            if hook.kind != HOOK_LSM:
+                self._attach(slot, hook, plan)
         settings[ctypes.c_int(0)] = ctypes.c_uint32(1)
+
+    def _load_lsm(self, i: int, hook: Hook) -> None:
+        """lsmhook i: its stages into its own program array, then its entry attached."""
+        letter = LSM_LETTERS[i]
+        try:
+            runners = self.bpf[f"lsm_runners{i}"]
+            for n, stage in enumerate(LSM_STAGE_PREFIX):
+                fd = lsm.load(self.bpf, f"ls{stage}{letter}_{hook.name}", hook.name)
+                self._lsm_fds.append(fd)
+                runners[ctypes.c_int(n)] = ctypes.c_int(fd)
+            entry = lsm.load(self.bpf, f"lsE{letter}_{hook.name}", hook.name)
+            self._lsm_fds.append(entry)
+            self._lsm_fds.append(lsm.attach(entry))
+        except OSError as e:
+            raise ProgramError(f"{hook.path}.hook: {hook.name!r}: {e.strerror} "
+                               f"(is bpf_lsm_{hook.name} a BPF LSM hook of this kernel?)") from e
 
     def set_enabled(self, enabled: bool) -> None:
         self.bpf["settings"][ctypes.c_int(0)] = ctypes.c_uint32(1 if enabled else 0)
@@ -344,7 +374,10 @@ class PolicyProgram:
             c.arg_fd = positions.get(act.get("argFd", 0), 0)
             c.arg_name = positions.get(act.get("argName", 0), 0)
             c.scope = {"thread": 0, "process": 1, "global": 2}[act.get("rateLimitScope", "thread")]
-            c.sig = 9 if act["action"] == "Sigkill" else int(act.get("argSig", 0))
+            if act["action"] == "Override":
+                c.arg = -abs(int(act.get("argError", -1)))   # Tetragon writes argError: -1
+            else:
+                c.arg = 9 if act["action"] == "Sigkill" else int(act.get("argSig", 0))
             c.rate_ns = parse_rate_limit(act["rateLimit"]) if act.get("rateLimit") else 0
         self.bpf["selectors"][ctypes.c_int(idx)] = conf
 
@@ -450,4 +483,7 @@ class PolicyProgram:
         return sum(self.bpf["lost_records"][ctypes.c_int(0)])
 
     def close(self) -> None:
+        for fd in self._lsm_fds:   # closing the link detaches: nothing stays denied
+            os.close(fd)
+        self._lsm_fds = []
         self.bpf.cleanup()

@@ -6,6 +6,7 @@ that names them).  Every check returns (field path, reason) pairs."""
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from . import scope
 
@@ -20,12 +21,14 @@ MAX_ARGS = 5                 # traced arguments per hook
 MAX_ARG_INDEX = 5            # kprobe/syscall arguments are 0..5
 EQUAL_STRING_MAX_LEN = 255    # tetrad: Equal/In strings are hash keys of 256 bytes
 MAX_HOOKS = 16                # tetrad: hooks per policy (one BPF object each)
+MAX_LSM_HOOKS = 4             # tetrad: lsmhooks per policy (each has its own BPF LSM programs)
 MAX_BINARY_ENTRIES = 1        # tetrad: matchBinaries / matchParentBinaries entries per selector
 MAX_PID_FILTERS = 2           # tetrad: matchPIDs entries per selector
 MAX_CAP_FILTERS = 2           # tetrad: matchCapabilities entries per selector
 MAX_RETURN_MATCHES = 1        # tetrad: matchReturnArgs per selector
 PREFIX_MAX_LEN = 252         # Tetragon: 256; tetrad's LPM keys also hold a 4-byte selector slot
 POSTFIX_MAX_LEN = 127
+LSM_HOOK_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")   # the part after bpf_lsm_ in the kernel
 
 # Argument types tetrad reads, by hook kind.
 ARG_TYPES = {"int", "sint8", "int8", "uint8", "sint16", "int16", "uint16", "uint32", "sint32",
@@ -53,7 +56,6 @@ NAMESPACES = {"Uts", "Ipc", "Mnt", "Pid", "PidForChildren", "Net", "Time", "Time
 
 # Top-level spec sections tetrad does not implement, with why.
 UNSUPPORTED_SECTIONS = {
-    "lsmhooks": "LSM hooks (lsmhooks) are not supported by tetrad yet",
     "usdts": "USDT probes (usdts) are not supported by tetrad yet",
     "fentries": "fentry hooks (fentries) are not supported by tetrad yet",
     "enforcers": "enforcers are not supported by tetrad yet",
@@ -89,9 +91,10 @@ def check_spec(spec: dict) -> list[tuple[str, str]]:
     if spec.get("containerSelector") is not None:
         errors += scope.check_selector(spec["containerSelector"], "spec.containerSelector",
                                        scope.CONTAINER_FIELDS)
-    if not any(spec.get(k) for k in ("kprobes", "tracepoints", "uprobes")):
-        errors.append(("spec", "no kprobes, tracepoints or uprobes: the policy hooks nothing"))
+    if not any(spec.get(k) for k in ("kprobes", "tracepoints", "uprobes", "lsmhooks")):
+        errors.append(("spec", "no kprobes, tracepoints, uprobes or lsmhooks: the policy hooks nothing"))
     hooks = (len(spec.get("kprobes") or ()) + len(spec.get("tracepoints") or ())
+             + len(spec.get("lsmhooks") or ())
              + sum(len(u.get("symbols") or ()) for u in spec.get("uprobes") or ()))
     if hooks > MAX_HOOKS:
         errors.append(("spec", f"{hooks} hooks; tetrad loads at most {MAX_HOOKS} per policy (split it)"))
@@ -101,6 +104,20 @@ def check_spec(spec: dict) -> list[tuple[str, str]]:
         if t.get("raw"):
             errors.append((f"spec.tracepoints[{i}].raw", "raw tracepoints are not supported by tetrad yet"))
         errors += _check_hook(t, f"spec.tracepoints[{i}]", "tracepoint")
+    if len(spec.get("lsmhooks") or ()) > MAX_LSM_HOOKS:
+        errors.append(("spec.lsmhooks", f"{len(spec['lsmhooks'])} lsmhooks; tetrad loads at most "
+                                        f"{MAX_LSM_HOOKS} per policy (split it)"))
+    seen_lsm: dict[str, int] = {}
+    for i, h in enumerate(spec.get("lsmhooks") or ()):
+        name = h.get("hook", "")
+        if not LSM_HOOK_NAME.fullmatch(name):
+            errors.append((f"spec.lsmhooks[{i}].hook", f"{name!r} is not an LSM hook name (as in file_open)"))
+        elif name in seen_lsm:
+            # one BPF LSM program per hook and policy: its name is the hook's
+            errors.append((f"spec.lsmhooks[{i}].hook", f"{name!r} is already hooked by "
+                                                       f"spec.lsmhooks[{seen_lsm[name]}]; merge their selectors"))
+        seen_lsm.setdefault(name, i)
+        errors += _check_hook(h, f"spec.lsmhooks[{i}]", "lsm")
     for i, u in enumerate(spec.get("uprobes") or ()):
         for key in ("offsets", "addrs", "refCtrOffsets"):
             if u.get(key):
