@@ -248,12 +248,12 @@ def unenforceable_overrides(policy, features, devices=frozenset(), not_devices=N
                 if not (features.bpf_lsm or features.override_return):
                     reasons.append(f"{where}: Override on {hook.name!r} needs BPF LSM or kprobe "
                                    "override; this kernel has neither" +
-                                   (f" (cgroup BPF refuses device opens only: {why})" if why else ""))
+                                   (f"; cgroup BPF refuses only device opens, and {why}" if why else ""))
                 elif not features.override_return:
                     reasons.append(f"{where}: Override on {hook.name!r} needs bpf_override_return, "
                                    f"which this kernel lacks ({features.notes.get('override_return', 'refused')}); "
                                    "it has BPF LSM: put the Override on an lsmhook (e.g. file_open)" +
-                                   (f" (cgroup BPF refuses device opens only: {why})" if why else ""))
+                                   (f"; cgroup BPF refuses only device opens, and {why}" if why else ""))
                 else:
                     reasons.append(f"{where}: Override on {hook.name!r} through bpf_override_return is "
                                    "not implemented by tetrad; put the Override on an lsmhook")
