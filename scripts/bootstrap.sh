@@ -15,6 +15,8 @@ PKGS="$PKGS python3-kubernetes"
 if [ "${1:-}" = --debian-packages ]; then echo "$PKGS"; exit 0; fi
 # The tests' own containers: a real containerd with runc, and busybox-static for their image.
 PKGS="$PKGS containerd runc busybox-static"
+# The Helm chart is rendered with Helm's template engine (scripts/helm-render).
+PKGS="$PKGS golang-go golang-github-masterminds-sprig-dev golang-k8s-sigs-yaml-dev"
 # The system test boots a Debian tree under a real systemd (tests/test_system_nspawn.py).
 PKGS="$PKGS systemd-container debootstrap"
 # `make test-kernel`: also what builds and boots the kernel lane's guest.
