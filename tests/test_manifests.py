@@ -2,12 +2,17 @@
 Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown fields are
 errors), the DaemonSet's flags are ones `tetrad run` accepts and agree with
 its volumes, and the CRDs and RBAC cover exactly what Kubernetes mode reads.
-The Helm chart is checked for consistency with them (its templates are not
-rendered here: no Helm binary can be installed on these machines)."""
+The Helm chart is rendered for real, with default and non-default values, by
+scripts/helm-render (Helm's template engine: Go's text/template with Sprig,
+built from Debian's Go packages, since no helm binary can be installed on
+these machines); every rendered document passes the same validator, the values
+reach the output, and a template error or an unknown value path fails."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import kubernetes_validate
@@ -104,15 +109,118 @@ def test_helm_chart_is_consistent_with_the_manifests():
     assert (CHART / "crds" / "crds.yaml").read_text() == (MANIFESTS / "crds.yaml").read_text()
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["hostProcPath"] == "/proc"
-    # every value a template uses is defined in values.yaml
-    for template in (CHART / "templates").glob("*.yaml"):
-        for ref in re.findall(r"\.Values\.([A-Za-z0-9_.]+)", template.read_text()):
-            node = values
-            for key in ref.split("."):
-                assert isinstance(node, dict) and key in node, f"{template.name}: .Values.{ref}"
-                node = node[key]
-    # the DaemonSet template passes the same flags as the plain manifest
-    text = (CHART / "templates" / "daemonset.yaml").read_text()
-    for flag in daemonset()["spec"]["template"]["spec"]["containers"][0]["args"]:
-        name = flag.split("=", 1)[0]
-        assert name in text, name
+
+
+@pytest.fixture(scope="session")
+def helm_render(tmp_path_factory):
+    """scripts/helm-render built once, from Debian's Go packages (GOPATH mode:
+    no module download is possible here)."""
+    out = tmp_path_factory.mktemp("helm-render")
+    env = dict(os.environ, GO111MODULE="off", GOPATH="/usr/share/gocode",
+               GOCACHE=str(out / "cache"), GOFLAGS="")
+    subprocess.run(["go", "build", "-o", str(out / "helm-render"), "./scripts/helm-render"],
+                   cwd=REPO, env=env, check=True, timeout=300)
+    return out / "helm-render"
+
+
+def render(helm_render, *sets: str, chart: Path = CHART, strict: bool = True) -> list[dict]:
+    """`helm template` of the chart into namespace kube-system; strict as
+    `helm lint --strict`: a value path the values do not have is an error."""
+    cmd = [str(helm_render), "-name", "tetrad", "-namespace", "kube-system"]
+    cmd += ["-strict"] if strict else []
+    for s in sets:
+        cmd += ["-set", s]
+    out = subprocess.run(cmd + [str(chart)], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("---\n# Source: tetrad/templates/")
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def rendered_daemonset(docs: list[dict]) -> dict:
+    (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
+    return ds
+
+
+NON_DEFAULT = ["hostProcPath=/procHost", "enableK8sApi=false", "exportStdout.enabled=false",
+               "containerdSocket=/run/k3s/containerd/containerd.sock",
+               "exportDirectory=/var/log/tetrad", "image.tag=0.1.0",
+               "nodeSelector.kubernetes\\.io/os=linux", "rbac.create=false",
+               "serviceAccount.create=false", "serviceAccount.name=node-agent"]
+
+
+@pytest.mark.parametrize("sets", [[], ["hostProcPath=/procHost"], NON_DEFAULT],
+                         ids=["defaults", "kind", "non-default"])
+def test_rendered_chart_is_valid_against_the_kubernetes_schemas(helm_render, sets):
+    docs = render(helm_render, *sets)
+    kinds = sorted(d["kind"] for d in docs)
+    if "rbac.create=false" in sets:
+        assert kinds == ["DaemonSet"]
+    else:
+        assert kinds == ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def tetrad_config(pod: dict):
+    (tetrad,) = [c for c in pod["containers"] if c["name"] == "tetrad"]
+    args = build_parser().parse_args(tetrad["args"])
+    return config_mod.load(args, env={}, config_file="/nonexistent", dropin_dir="/nonexistent")
+
+
+def test_rendered_chart_with_defaults_configures_tetrad_like_the_manifest(helm_render):
+    pod = rendered_daemonset(render(helm_render))["spec"]["template"]["spec"]
+    manifest = daemonset()["spec"]["template"]["spec"]
+    assert tetrad_config(pod).as_dict() == tetrad_config(manifest).as_dict()
+    assert {c["name"] for c in pod["containers"]} == {"tetrad", "export-stdout"}
+
+
+def test_rendered_chart_carries_the_values_into_the_daemonset(helm_render):
+    ds = rendered_daemonset(render(helm_render, *NON_DEFAULT))
+    assert ds["metadata"]["namespace"] == "kube-system" and ds["metadata"]["name"] == "tetrad"
+    pod = ds["spec"]["template"]["spec"]
+    cfg = tetrad_config(pod)
+    (tetrad,) = pod["containers"]                   # exportStdout.enabled=false
+    mounts = {m["mountPath"]: m["name"] for m in tetrad["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+
+    def host_path(container_path: str) -> str:
+        return volumes[mounts[container_path]]["hostPath"]["path"]
+
+    # hostProcPath is the node's directory behind the --procfs argument
+    assert host_path(cfg.procfs) == "/procHost"
+    assert cfg.containerd_address == "/run/k3s/containerd/containerd.sock"
+    assert host_path(cfg.containerd_address) == cfg.containerd_address
+    assert cfg.export_filename == "/var/log/tetrad/tetrad.log"
+    assert host_path("/var/log/tetrad") == "/var/log/tetrad"
+    assert cfg.enable_k8s_api is False
+    assert tetrad["image"] == "tetrad:0.1.0"
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["serviceAccountName"] == "node-agent"
+
+
+def broken_chart(tmp_path: Path, template: str) -> Path:
+    chart = tmp_path / "tetrad"
+    (chart / "templates").mkdir(parents=True)
+    for name in ("Chart.yaml", "values.yaml"):
+        (chart / name).write_text((CHART / name).read_text())
+    for path in (CHART / "templates").iterdir():
+        (chart / "templates" / path.name).write_text(path.read_text())
+    (chart / "templates" / "broken.yaml").write_text(template)
+    return chart
+
+
+def test_rendering_fails_on_an_unknown_value_path(helm_render, tmp_path):
+    chart = broken_chart(tmp_path, "data: {{ .Values.hostProcPth }}\n")
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        render(helm_render, chart=chart)
+    assert "broken.yaml" in err.value.stderr and "hostProcPth" in err.value.stderr
+
+
+def test_rendering_fails_on_a_template_error(helm_render, tmp_path):
+    chart = broken_chart(tmp_path, "{{- if .Values.rbac.create }}\nkind: Role\n")
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        render(helm_render, chart=chart, strict=False)
+    assert "broken.yaml" in err.value.stderr
+    chart = broken_chart(tmp_path / "2", "a: {{ .Values.missing.key }}\n")
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        render(helm_render, chart=chart, strict=False)   # Helm's nil pointer error too
+    assert "missing.key" in err.value.stderr
