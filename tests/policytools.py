@@ -70,7 +70,22 @@ def int_args(bodies) -> list[int]:
     return [b["args"][0]["int_arg"] for b in bodies]
 
 
-def settle(d: Daemon, seconds: float = 1.5) -> list[dict]:
-    """Events after giving the daemon time to drain and flush."""
+def settle(d: Daemon, seconds: float = 1.0, quiet: float = 0.6, limit: float = 20.0) -> list[dict]:
+    """Events after giving the daemon time to drain and flush: at least
+    `seconds`, then until the export has not grown for `quiet` seconds (a
+    daemon slowed by a busy machine is waited for, up to `limit`).  Only
+    policy events count: other processes' exec/exit events never stop."""
+    def policy_events(evs):
+        return sum(1 for e in evs if not ("process_exec" in e or "process_exit" in e))
+
+    start = time.monotonic()
     time.sleep(seconds)
-    return d.events()
+    events = d.events()
+    still_since = time.monotonic()
+    while time.monotonic() - start < limit and time.monotonic() - still_since < quiet:
+        time.sleep(0.2)
+        now = d.events()
+        if policy_events(now) != policy_events(events):
+            still_since = time.monotonic()
+        events = now
+    return events
