@@ -199,12 +199,9 @@ static __always_inline int kill_if_refused(void)
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return kill_if_refused(); }
-TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return kill_if_refused(); }
-#ifdef __x86_64__   /* arm64 has no open or creat syscall, so no tracepoint either */
-TRACEPOINT_PROBE(syscalls, sys_exit_open) { return kill_if_refused(); }
-TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return kill_if_refused(); }
-#endif
+/* Attached to the open calls' exits (DeviceEnforcer.KILL_EXITS) only while a
+ * rule kills. */
+int kill_after_refusal(void *ctx) { return kill_if_refused(); }
 
 /* Binary scope, as in enforce_sock.c: a process's rule bits from the path it
  * exec'd, so that matchBinaries is decided before its first open. */

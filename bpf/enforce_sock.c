@@ -303,13 +303,10 @@ int sock_create(struct bpf_sock *sk)
     return decide(HOOK_SOCK_CREATE, sk->family, sk->type, sk->protocol, none, 0, 0);
 }
 
-/* the calls whose refusal the programs above decide (connect4/6 also run for
- * sendto/sendmsg with MSG_FASTOPEN) */
-TRACEPOINT_PROBE(syscalls, sys_exit_connect) { return kill_if_refused(); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return kill_if_refused(); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return kill_if_refused(); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return kill_if_refused(); }
-TRACEPOINT_PROBE(syscalls, sys_exit_socket) { return kill_if_refused(); }
+/* Attached by the daemon to the exits of the calls whose refusal the programs
+ * above decide (SockEnforcer.KILL_EXITS), only while a rule kills: otherwise
+ * every connect/send/socket on the host would pay for it. */
+int kill_after_refusal(void *ctx) { return kill_if_refused(); }
 
 /* Binary scope: set a process's rule bits from the path it exec'd, so that
  * matchBinaries is decided in the kernel before the program's first call. */

@@ -959,10 +959,12 @@ static __always_inline int stage_start(void *ctx, int run)
     struct hook_conf *hc = hooks.lookup(&slot);
     if (!hc)
         return 0;
-    /* here, not in each hook's entry point: one copy of the walk per program type */
+    /* here, not in each hook's entry point: one copy of the walk per program type;
+     * the exit of a hook attached at both ends was decided at its entry (nothing
+     * was saved for a process out of scope) */
     u32 two = 2;
     u32 *scoped = settings.lookup(&two);
-    if (scoped && *scoped && !in_scope())
+    if (scoped && *scoped && (s->phase == PHASE_ENTER || !(hc->flags & HOOKF_AT_EXIT)) && !in_scope())
         return 0;
     u64 pid_tgid = bpf_get_current_pid_tgid();
     s64 ret = 0;

@@ -24,7 +24,7 @@ from policytools import start_with_policies, status, wait_policies
 from tetrad import offsets
 from tetrad.btf import Btf
 from tetrad.enforce.devcgroup import DEV_CHAR, DeviceEnforcer, DeviceRule
-from tetrad.enforce.sock import ACTION_MONITOR
+from tetrad.enforce.sock import ACTION_KILL, ACTION_MONITOR
 from tetrad.features import detect
 
 HEAD = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n{options}  kprobes:\n"
@@ -240,3 +240,16 @@ def test_an_unscoped_rule_spares_the_daemon_itself(enforcer, tmp_path):
     finally:
         enforcer.clear_rule(1)
     assert release(paused_opener(str(ghost))) == f"errno {errno.ENXIO}"
+
+
+def test_the_kill_on_exit_program_runs_only_while_a_rule_kills(enforcer):
+    """The exits of every open on the host are hot: the program that kills a
+    refused caller is attached only while some rule kills."""
+    deny = DeviceRule(devices=[(2, 1, 250)], pids={os.getpid() + 1_000_000})
+    enforcer.set_rule(0, deny)
+    assert enforcer._kill_exits == []
+    enforcer.set_rule(1, DeviceRule(action=ACTION_KILL, devices=[(2, 1, 251)], pids={os.getpid() + 1_000_000}))
+    assert "sys_exit_openat" in enforcer._kill_exits
+    enforcer.clear_rule(1)
+    assert enforcer._kill_exits == []
+    enforcer.clear_rule(0)

@@ -103,14 +103,21 @@ def write_project_disk(path: Path) -> int:
 
 def qemu_command(image: Path, project_disk: Path, results_disk: Path) -> list[str]:
     return [
+        # One vCPU: with two, the emulated kernel's live code patching (int3-based
+        # text_poke, as attaching a tracepoint or kprobe does) can wedge both vCPUs
+        # in the int3 handler under multi-threaded TCG (seen: soft lockups).
         "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max",
-        "-m", "2048", "-smp", "2", "-nographic", "-no-reboot", "-nic", "none",
+        "-m", "2048", "-smp", "1", "-nographic", "-no-reboot", "-nic", "none",
         "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
         "-append", "root=/dev/vda rw console=ttyS0 panic=-1 init=/sbin/tetrad-lane-init",
         "-drive", f"file={image / 'rootfs.img'},format=raw,if=virtio,snapshot=on",
         "-drive", f"file={project_disk},format=raw,if=virtio,readonly=on",
         "-drive", f"file={results_disk},format=raw,if=virtio",
     ]
+
+
+# A guest kernel that prints these does not recover: fail at once, not at the timeout.
+LOCKUP_SIGNS = ("BUG: soft lockup", "self-detected stall on CPU", "Kernel panic")
 
 
 def boot(cmd: list[str], console_log: Path, timeout: float,
@@ -140,6 +147,10 @@ def boot(cmd: list[str], console_log: Path, timeout: float,
                         if line.startswith(PREFIX):
                             print("  guest: " + line[len(PREFIX):], flush=True)
                             booted = True
+                        elif any(sign in line for sign in LOCKUP_SIGNS):
+                            say(f"the guest kernel reports a lockup: {line.strip()} "
+                                "(console.log has the traces); stopping qemu now")
+                            deadline = 0
                     log.flush()
                 elif proc.poll() is not None:
                     break

@@ -75,6 +75,8 @@ class ContainerResolver:
         self._threads: list[threading.Thread] = []
         self.client: ContainerdClient | None = None
         self._cgroup_of: dict[str, tuple[int, int]] = {}   # container id -> (its cgroup v2 id, its pod's)
+        self._k8s_sought: set[str] = set()    # named by the API server, not found by the last walk
+        self._k8s_walked_at = -1e9
         # called (from this module's threads) when containers come, go or change,
         # so that policies scoped to pods follow them (tetrad/policy/scope.py)
         self.on_change = None
@@ -279,12 +281,17 @@ class ContainerResolver:
     def k8s_changed(self) -> None:
         """The API server's pods changed (called from the K8sWatcher's thread):
         find the cgroups of containers it names that containerd did not (no
-        containerd, or another runtime) by a walk of the cgroup tree."""
+        containerd, or another runtime) by a walk of the cgroup tree: at once
+        for a container not sought before, else at most every MISSING_TTL_S
+        (a finished init container keeps its id but has no cgroup)."""
         named = set(self.k8s.container_ids())
-        for cid in [c for c in self._cgroup_of if c not in named and c not in self._info]:
+        # snapshots: containerd's threads add entries meanwhile
+        for cid in [c for c in list(self._cgroup_of) if c not in named and c not in self._info]:
             self._cgroup_of.pop(cid, None)     # gone from the API, never known to containerd
         missing = {cid for cid in named if cid not in self._cgroup_of}
-        if missing and self.paths is not None:
+        due = time.monotonic() - self._k8s_walked_at >= MISSING_TTL_S
+        if self.paths is not None and (missing - self._k8s_sought or (missing and due)):
+            self._k8s_walked_at = time.monotonic()
             root = self.paths.root
             for dirpath, _dirs, _files in os.walk(root):
                 path = dirpath[len(root):]
@@ -297,6 +304,7 @@ class ContainerResolver:
                                                  os.stat(root + pod).st_ino if pod else 0)
                 except OSError:
                     continue
+        self._k8s_sought = {cid for cid in missing if cid not in self._cgroup_of}
         self._changed()
 
     def workloads(self) -> list[Workload]:

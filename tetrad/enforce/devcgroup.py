@@ -96,6 +96,7 @@ class DeviceVerdict:
 class DeviceEnforcer(SockEnforcer):
     SOURCE = "enforce_dev.c"
     PROGRAMS = (("device", links.CGROUP_DEVICE, "CGROUP_DEVICE"),)
+    KILL_EXITS = ("sys_exit_openat", "sys_exit_openat2", "sys_exit_open", "sys_exit_creat")
 
     def set_rule(self, slot: int, rule: DeviceRule, running: dict[int, str] | None = None) -> None:
         bit = 1 << slot

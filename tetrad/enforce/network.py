@@ -256,5 +256,6 @@ def unenforceable_overrides(policy, features, devices=frozenset(), not_devices=N
                                    (f"; cgroup BPF refuses only device opens, and {why}" if why else ""))
                 else:
                     reasons.append(f"{where}: Override on {hook.name!r} through bpf_override_return is "
-                                   "not implemented by tetrad; put the Override on an lsmhook")
+                                   "not implemented by tetrad; put the Override on an lsmhook" +
+                                   (f"; cgroup BPF refuses only device opens, and {why}" if why else ""))
     return reasons

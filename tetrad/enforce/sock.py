@@ -178,6 +178,10 @@ class SockEnforcer:
         ("sendmsg6", links.CGROUP_UDP6_SENDMSG, "CGROUP_SOCK_ADDR"),
         ("sock_create", links.CGROUP_INET_SOCK_CREATE, "CGROUP_SOCK"),
     )
+    # where a Sigkill rule's refused caller is killed (connect4/6 also run for
+    # sendto/sendmsg with MSG_FASTOPEN)
+    KILL_EXITS = ("sys_exit_connect", "sys_exit_sendto", "sys_exit_sendmsg", "sys_exit_sendmmsg",
+                  "sys_exit_socket")
 
     def __init__(self, cgroup_root: str, macros: dict[str, int], rb_pages: int = 64,
                  exempt_tgid: int | None = None, on_verdict=None):
@@ -189,6 +193,7 @@ class SockEnforcer:
             "EXEMPT_TGID": os.getpid() if exempt_tgid is None else exempt_tgid})
         self.rules: dict[int, SockRule] = {}
         self._link_fds: list[int] = []
+        self._kill_exits: list[str] = []   # attached while a rule kills
         self._verdicts: list[SockVerdict] = []
         self._on_verdict = on_verdict
         cgroup_fd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
@@ -257,6 +262,7 @@ class SockEnforcer:
             for inum in inums:
                 self._or_bits(b"ns_scope", self.bpf[b"ns_scope"].Key(kind, inum), bit)
         self.rules[slot] = rule
+        self._sync_kill_exits()        # before the rule is active: a refused caller is always killed
         self._sync_namespace_kinds()   # before the rule is active: it never applies unscoped
         self._note_cgroup_scoped()
         self.bpf[b"rules"][ctypes.c_int(slot)] = struct_
@@ -283,6 +289,24 @@ class SockEnforcer:
         self.rules.pop(slot, None)
         self._sync_namespace_kinds()
         self._note_cgroup_scoped()
+        self._sync_kill_exits()
+
+    def _sync_kill_exits(self) -> None:
+        """Attach the kill-on-exit program while some rule kills, detach it
+        when none does (the exits of these calls are hot)."""
+        from bcc import BPF
+        kills = any(r.action == ACTION_KILL for r in self.rules.values())
+        if kills and not self._kill_exits:
+            for exit_tp in self.KILL_EXITS:
+                if BPF.tracepoint_exists("syscalls", exit_tp):   # arm64 has no open/creat
+                    self.bpf.attach_tracepoint(tp=f"syscalls:{exit_tp}".encode(),
+                                               fn_name=b"kill_after_refusal")
+                    self._kill_exits.append(exit_tp)
+        elif not kills and self._kill_exits:
+            for exit_tp in self._kill_exits:
+                self.bpf.detach_tracepoint(tp=f"syscalls:{exit_tp}".encode())
+            self._kill_exits = []
+            self.bpf[b"kill_pending"].clear()
 
     def _note_cgroup_scoped(self) -> None:
         """Tell the programs whether to look at cgroups at all (a walk of the
