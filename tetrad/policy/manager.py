@@ -534,23 +534,34 @@ class PolicyManager:
 
     # -- prevention by cgroup BPF ---------------------------------------------
     def _enforce(self, e: Entry) -> None:
-        if e.dev_rules:
-            self._enforce_devices(e)
-        if not e.net_rules:
-            return
-        if self.enforcer is None:
-            self.enforcer = SockEnforcer(self.features.cgroup_v2_root, self.macros,
-                                         on_verdict=self._on_verdict)
-            self.poller.register(self.enforcer.fileno(), self.enforcer.consume)
-        free = self.enforcer.free_slots()
-        if len(free) < len(e.net_rules):
-            raise ValueError(f"{len(e.net_rules)} network rules do not fit: {len(free)} of "
-                             "the enforcer's rule slots are free")
         running = {pid: p.binary for pid, p in self.cache.by_pid.items()}
-        for slot, nr in zip(free, e.net_rules):
-            self.enforcer.set_rule(slot, nr.rule, running)
-            self._slot_owner[slot] = (e, nr)
-            e.slots.append(slot)
+        if e.dev_rules:
+            if self.dev_enforcer is None:
+                self.dev_enforcer = self._start_enforcer(DeviceEnforcer, self._on_device_verdict)
+            self._install(self.dev_enforcer, e, e.dev_rules, e.dev_slots, self._dev_slot_owner,
+                          "device", running)
+        if e.net_rules:
+            if self.enforcer is None:
+                self.enforcer = self._start_enforcer(SockEnforcer, self._on_verdict)
+            self._install(self.enforcer, e, e.net_rules, e.slots, self._slot_owner, "network", running)
+
+    def _start_enforcer(self, cls, on_verdict):
+        enforcer = cls(self.features.cgroup_v2_root, self.macros, on_verdict=on_verdict)
+        self.poller.register(enforcer.fileno(), enforcer.consume)
+        return enforcer
+
+    @staticmethod
+    def _install(enforcer, e: Entry, rules: list, slots: list, owners: dict, what: str,
+                 running: dict[int, str]) -> None:
+        """Put a policy's rules into free slots of `enforcer`, noting whose they are."""
+        free = enforcer.free_slots()
+        if len(free) < len(rules):
+            raise ValueError(f"{len(rules)} {what} rules do not fit: {len(free)} of "
+                             f"the {what} enforcer's rule slots are free")
+        for slot, spec in zip(free, rules):
+            enforcer.set_rule(slot, spec.rule, running)
+            owners[slot] = (e, spec)
+            slots.append(slot)
 
     def _release_slots(self, e: Entry) -> None:
         for slot in e.slots:
@@ -562,29 +573,21 @@ class PolicyManager:
             self._dev_slot_owner.pop(slot, None)
         e.dev_slots = []
 
-    def _enforce_devices(self, e: Entry) -> None:
-        if self.dev_enforcer is None:
-            self.dev_enforcer = DeviceEnforcer(self.features.cgroup_v2_root, self.macros,
-                                               on_verdict=self._on_device_verdict)
-            self.poller.register(self.dev_enforcer.fileno(), self.dev_enforcer.consume)
-        free = self.dev_enforcer.free_slots()
-        if len(free) < len(e.dev_rules):
-            raise ValueError(f"{len(e.dev_rules)} device rules do not fit: {len(free)} of "
-                             "the device enforcer's rule slots are free")
-        running = {pid: p.binary for pid, p in self.cache.by_pid.items()}
-        for slot, dr in zip(free, e.dev_rules):
-            self.dev_enforcer.set_rule(slot, dr.rule, running)
-            self._dev_slot_owner[slot] = (e, dr)
-            e.dev_slots.append(slot)
-
     def _on_device_verdict(self, v) -> None:
-        owner = self._dev_slot_owner.get(v.rule)
+        self._report(v, self._dev_slot_owner, device_event)
+
+    def _on_verdict(self, v) -> None:
+        self._report(v, self._slot_owner, verdict_event)
+
+    def _report(self, v, owners: dict, make_event) -> None:
+        """The event of a call a cgroup rule refused (or, in monitor mode, would have)."""
+        owner = owners.get(v.rule)
         if owner is None:
             return
-        e, dr = owner
+        e, spec = owner
         proc, parent = self._process(v.pid)
-        hook = e.full_policy.hooks[dr.hook_index]
-        kind, event = device_event(v, dr, e.full_policy, hook, self.builder, proc, parent)
+        hook = e.full_policy.hooks[spec.hook_index]
+        kind, event = make_event(v, spec, e.full_policy, hook, self.builder, proc, parent)
         self.counts["enforced"] += 1
         self.emit(kind, (event, _encode(event)))
 
@@ -597,13 +600,3 @@ class PolicyManager:
             proc = self.cache.find(pid)
         return proc, (self.cache.parent_of(proc) if proc is not None else None)
 
-    def _on_verdict(self, v) -> None:
-        owner = self._slot_owner.get(v.rule)
-        if owner is None:
-            return
-        e, nr = owner
-        proc, parent = self._process(v.pid)
-        hook = e.full_policy.hooks[nr.hook_index]
-        kind, event = verdict_event(v, nr, e.full_policy, hook, self.builder, proc, parent)
-        self.counts["enforced"] += 1
-        self.emit(kind, (event, _encode(event)))
