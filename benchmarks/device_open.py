@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Device opens under the cgroup device program (bpf/enforce_dev.c): the cost
+"""Device opens under the cgroup device program (bpf/enforce_cgroup.c): the cost
 it adds to opening a device no rule names (/dev/null, one hash lookup in the
 kernel), and the enforcement latency: how long an open refused with EPERM
 takes, against the same open let through (which fails with ENXIO: the node is

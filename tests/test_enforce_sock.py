@@ -185,6 +185,23 @@ def test_the_daemon_itself_is_never_blocked(enforcer, listener):
         enforcer.clear_rule(6)
 
 
+def test_only_slots_in_use_are_judged_and_the_bound_follows_them(enforcer, listener):
+    # the programs judge slots below 1 + the highest in use: a rule high up
+    # must be judged, and clearing it must not unguard a lower one
+    port = listener.getsockname()[1]
+    enforcer.set_rule(2, SockRule(hooks=HOOK_CONNECT, ports=[(port, port)]))
+    enforcer.set_rule(15, SockRule(hooks=HOOK_CONNECT, ports=[(port + 1, port + 1)]))
+    try:
+        assert run_connect("127.0.0.1", port + 1) == f"errno {errno.EPERM}"
+        enforcer.clear_rule(15)
+        assert run_connect("127.0.0.1", port) == f"errno {errno.EPERM}"
+        enforcer.clear_rule(2)
+        assert run_connect("127.0.0.1", port) == "connected"
+    finally:
+        enforcer.clear_rule(15)
+        enforcer.clear_rule(2)
+
+
 def test_nothing_stays_blocked_after_close(listener):
     port = listener.getsockname()[1]
     e = SockEnforcer(detect(quick=True).cgroup_v2_root, offsets.resolve(Btf.load()))

@@ -1,4 +1,4 @@
-"""Device rules enforced by a cgroup device program (bpf/enforce_dev.c).
+"""Device rules enforced by a cgroup device program (bpf/enforce_cgroup.c, -DENFORCE_DEVICES).
 
 `DeviceRule` is what a policy refusing opens of device nodes compiles to:
 which devices (type, major, minor), which accesses (read, write), for which
@@ -94,7 +94,7 @@ class DeviceVerdict:
 
 
 class DeviceEnforcer(SockEnforcer):
-    SOURCE = "enforce_dev.c"
+    VARIANT = "ENFORCE_DEVICES"
     PROGRAMS = (("device", links.CGROUP_DEVICE, "CGROUP_DEVICE"),)
     KILL_EXITS = ("sys_exit_openat", "sys_exit_openat2", "sys_exit_open", "sys_exit_creat")
 

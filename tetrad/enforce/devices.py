@@ -1,7 +1,7 @@
 """Which parts of a TracingPolicy become cgroup device rules.
 
 A selector that would Override (or Sigkill) opening a device node is decided
-by bpf/enforce_dev.c before the device is opened, instead of by a signal
+by bpf/enforce_cgroup.c before the device is opened, instead of by a signal
 after it (on a kernel without BPF LSM or override, the open has happened by
 then, and a driver's open can have effects of its own).
 

@@ -1,7 +1,7 @@
 """Which parts of a TracingPolicy become cgroup BPF network rules.
 
 A selector that would Override (or Sigkill) a connect, a send or a socket
-creation is decided by bpf/enforce_sock.c before the call takes effect,
+creation is decided by bpf/enforce_cgroup.c before the call takes effect,
 instead of by a signal after it (on a kernel without BPF LSM or override, a
 SIGKILL from a connect hook arrives after the peer accepted).  Everything
 such a selector says must be decidable there; anything else is an error

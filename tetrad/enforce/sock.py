@@ -1,4 +1,4 @@
-"""Socket rules enforced by cgroup BPF (bpf/enforce_sock.c).
+"""Socket rules enforced by cgroup BPF (bpf/enforce_cgroup.c, -DENFORCE_SOCKETS).
 
 `SockRule` is what a network policy compiles to: which hooks (socket
 creation, connect, sendmsg), which families/protocols/socket types, which
@@ -170,7 +170,8 @@ class SockVerdict:
 
 
 class SockEnforcer:
-    SOURCE = "enforce_sock.c"
+    SOURCE = "enforce_cgroup.c"
+    VARIANT = "ENFORCE_SOCKETS"   # the part of SOURCE this enforcer compiles
     PROGRAMS = (
         ("connect4", links.CGROUP_INET4_CONNECT, "CGROUP_SOCK_ADDR"),
         ("connect6", links.CGROUP_INET6_CONNECT, "CGROUP_SOCK_ADDR"),
@@ -189,7 +190,7 @@ class SockEnforcer:
         consumed; otherwise they are collected for `poll()`."""
         from bcc import BPF
         self.bpf = compile_program(self.SOURCE, {
-            **macros, "RB_PAGES": rb_pages, "MAX_RULES": MAX_RULES,
+            **macros, self.VARIANT: 1, "RB_PAGES": rb_pages, "MAX_RULES": MAX_RULES,
             "EXEMPT_TGID": os.getpid() if exempt_tgid is None else exempt_tgid})
         self.rules: dict[int, SockRule] = {}
         self._link_fds: list[int] = []
@@ -265,6 +266,7 @@ class SockEnforcer:
         self._sync_kill_exits()        # before the rule is active: a refused caller is always killed
         self._sync_namespace_kinds()   # before the rule is active: it never applies unscoped
         self._note_cgroup_scoped()
+        self._note_rule_slots()        # before: a slot above the bound would not be judged
         self.bpf[b"rules"][ctypes.c_int(slot)] = struct_
 
     def set_cgroups(self, slot: int, cgroup_ids: set[int]) -> None:
@@ -287,6 +289,7 @@ class SockEnforcer:
         self.bpf[b"rules"][ctypes.c_int(slot)] = self.bpf[b"rules"].Leaf()
         self._clear_scope(1 << slot)
         self.rules.pop(slot, None)
+        self._note_rule_slots()
         self._sync_namespace_kinds()
         self._note_cgroup_scoped()
         self._sync_kill_exits()
@@ -307,6 +310,12 @@ class SockEnforcer:
                 self.bpf.detach_tracepoint(tp=f"syscalls:{exit_tp}".encode())
             self._kill_exits = []
             self.bpf[b"kill_pending"].clear()
+
+    def _note_rule_slots(self) -> None:
+        """Bound the slots the programs judge to 1 + the highest in use: each
+        connect pays for every slot judged (the matching is branch-free)."""
+        used = max(self.rules, default=-1) + 1
+        self.bpf[b"rule_slots"][ctypes.c_int(0)] = ctypes.c_uint32(used)
 
     def _note_cgroup_scoped(self) -> None:
         """Tell the programs whether to look at cgroups at all (a walk of the

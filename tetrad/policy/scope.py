@@ -3,7 +3,7 @@
 
 A scoped policy applies only to processes in the containers it selects, and
 the kernel decides that: the daemon turns the selection into a set of cgroup
-v2 ids (`cgroup_ids`), which bpf/policy.c and bpf/enforce_sock.c consult
+v2 ids (`cgroup_ids`), which bpf/policy.c and bpf/enforce_cgroup.c consult
 before anything else; a process is in scope when its cgroup or one of its
 ancestors is in the set.  A scope that selects whole pods (no
 containerSelector) holds the pods' own cgroups, known from their sandboxes, so
