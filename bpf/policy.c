@@ -161,7 +161,8 @@ struct selector_conf {
     u32 nactions;
     u8 bin_op;       /* matchBinaries: OP_IN .. OP_NOT_POSTFIX, 0 = none */
     u8 pbin_op;      /* matchParentBinaries */
-    u8 pad[2];
+    u8 bin_follow;   /* followChildren: 1 + the section's bit in `followed`, 0 = off */
+    u8 pbin_follow;
     struct match_conf match[MAX_MATCH];
     struct pid_conf pids[MAX_PID_FILTERS];
     struct ns_conf ns[MAX_NS_FILTERS];
@@ -741,9 +742,9 @@ static __always_inline int match_caps(struct cap_conf *cc)
     return cc->op == OP_IN ? found : !found;
 }
 
-/* matchBinaries: the executable of `task` as a path, written after the
- * arguments as position POS_BINARY (not part of the record sent). */
-static __always_inline int match_binary(struct scratch *s, void *task, u32 op, u32 slot)
+/* The executable of `task` as a path, written after the arguments as
+ * position POS_BINARY (not part of the record sent). */
+static __always_inline void binary_path(struct scratch *s, void *task)
 {
     void *mm = PTR_MEMBER(task, task_struct, mm);
     void *exe = mm ? PTR_MEMBER(mm, mm_struct, exe_file) : 0;
@@ -753,8 +754,40 @@ static __always_inline int match_binary(struct scratch *s, void *task, u32 op, u
         append_path(s, PTR_MEMBER(exe, file, f_path_dentry), PTR_MEMBER(exe, file, f_path_mnt));
     s->len[POS_BINARY] = s->pos - end;
     s->pos = end;
+}
+
+/* matchBinaries, matchParentBinaries */
+static __always_inline int match_binary(struct scratch *s, void *task, u32 op, u32 slot)
+{
+    binary_path(s, task);
     return match_string(s, slot, op, POS_BINARY);
 }
+
+#ifdef FOLLOW_CHILDREN
+/* matchBinaries / matchParentBinaries with followChildren: a process is in a
+ * section's set when the binary it exec'd is, or when it descends from one
+ * that is.  Decided at exec and inherited at fork (the programs at the end of
+ * this file), seeded for running processes by the daemon, so that a selector
+ * needs one lookup instead of a path walk per ancestor. */
+#define MAX_FOLLOW 64
+struct follow_conf {
+    u32 slot;        /* the section's string-set slot (str_eq) */
+    u32 pad;
+};
+BPF_ARRAY(follow_sections, struct follow_conf, MAX_FOLLOW);
+BPF_ARRAY(follow_count, u32, 1);
+BPF_HASH(followed, u32, u64, 32768);          /* tgid -> bits of the sections it is in */
+BPF_PERCPU_ARRAY(follow_scratch, struct scratch, 1);   /* not scratch_map: exec may come between stages */
+
+static __always_inline int match_followed(void *task, u32 follow, u32 op)
+{
+    u32 tgid = 0;
+    READ_MEMBER(tgid, task, task_struct, tgid);
+    u64 *bits = followed.lookup(&tgid);
+    int found = bits ? (*bits >> ((follow - 1) & 63)) & 1 : 0;
+    return op == OP_IN ? found : !found;
+}
+#endif
 
 /* matchPIDs, matchBinaries, matchParentBinaries, matchNamespaces, matchCapabilities */
 static __always_inline int match_process(struct scratch *s, struct selector_conf *sc, u32 base)
@@ -765,10 +798,23 @@ static __always_inline int match_process(struct scratch *s, struct selector_conf
         if (!match_pids(&sc->pids[i], base * MAX_PID_FILTERS + i))
             return 0;
     }
-    if (sc->bin_op && !match_binary(s, (void *)bpf_get_current_task(), sc->bin_op, base * 8 + 6))
+    void *task = (void *)bpf_get_current_task();
+#ifdef FOLLOW_CHILDREN
+    if (sc->bin_follow) {
+        if (!match_followed(task, sc->bin_follow, sc->bin_op))
+            return 0;
+    } else
+#endif
+    if (sc->bin_op && !match_binary(s, task, sc->bin_op, base * 8 + 6))
         return 0;
     if (sc->pbin_op) {
-        void *parent = PTR_MEMBER((void *)bpf_get_current_task(), task_struct, real_parent);
+        void *parent = PTR_MEMBER(task, task_struct, real_parent);
+#ifdef FOLLOW_CHILDREN
+        if (sc->pbin_follow) {
+            if (!match_followed(parent, sc->pbin_follow, sc->pbin_op))
+                return 0;
+        } else
+#endif
         if (!match_binary(s, parent, sc->pbin_op, base * 8 + 7))
             return 0;
     }
@@ -1262,4 +1308,85 @@ LSM_PROGRAMS(2, c, LSM_SLOT_2, LSM_HOOK_2)
 #endif
 #ifdef LSM_HOOK_3
 LSM_PROGRAMS(3, d, LSM_SLOT_3, LSM_HOOK_3)
+#endif
+
+#ifdef FOLLOW_CHILDREN
+/* followChildren bookkeeping, attached only to policies that use it. */
+
+/* At exec: the process keeps the sections it inherited and gains those
+ * listing its new binary (operators In/NotIn: the set is the same).  The
+ * path walk and the lookups are two programs: one would be too large for the
+ * verifier. */
+BPF_PROG_ARRAY(follow_stages, 1);
+
+int follow_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+    u32 zero = 0;
+    struct scratch *s = follow_scratch.lookup(&zero);
+    if (!s)
+        return 0;
+    s->pos = 0;
+    binary_path(s, (void *)bpf_get_current_task());
+    follow_stages.call(ctx, 0);
+    return 0;
+}
+
+int follow_match(struct bpf_raw_tracepoint_args *ctx)
+{
+    u32 zero = 0;
+    struct scratch *s = follow_scratch.lookup(&zero);
+    u32 *count = follow_count.lookup(&zero);
+    if (!s || !count)
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 *had = followed.lookup(&tgid);
+    /* the bits are gathered in map memory, which the verifier does not track:
+     * in a register each iteration's outcome would be a state of its own and
+     * 64 iterations would never prune */
+    volatile u64 *bits = &s->val[POS_BINARY];
+    *bits = had ? *had : 0;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < MAX_FOLLOW; i++) {
+        if (i >= *count)
+            break;
+        u32 k = i;
+        struct follow_conf *fc = follow_sections.lookup(&k);
+        if (fc && match_string(s, fc->slot, OP_IN, POS_BINARY))
+            *bits |= 1ull << i;
+    }
+    u64 b = *bits;
+    if (b)
+        followed.update(&tgid, &b);
+    return 0;
+}
+
+/* At fork: a new process is in its parent's sections (threads share theirs). */
+int follow_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+    void *parent = (void *)ctx->args[0];
+    void *child = (void *)ctx->args[1];
+    u32 ppid = 0, pid = 0, tgid = 0;
+    READ_MEMBER(ppid, parent, task_struct, tgid);
+    READ_MEMBER(pid, child, task_struct, pid);
+    READ_MEMBER(tgid, child, task_struct, tgid);
+    if (pid != tgid)
+        return 0;
+    u64 *bits = followed.lookup(&ppid);
+    if (bits) {
+        u64 b = *bits;
+        followed.update(&tgid, &b);
+    }
+    return 0;
+}
+
+int follow_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+    void *task = (void *)ctx->args[0];
+    u32 pid = 0, tgid = 0;
+    READ_MEMBER(pid, task, task_struct, pid);
+    READ_MEMBER(tgid, task, task_struct, tgid);
+    if (pid == tgid)
+        followed.delete(&tgid);
+    return 0;
+}
 #endif

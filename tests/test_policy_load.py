@@ -158,12 +158,25 @@ def test_match_args_per_selector_limit(tmp_path):
     ("    - matchNamespaces:\n      - namespace: Pid\n        operator: In\n        values: [\"1\",\"2\",\"3\",\"4\",\"5\"]\n",
      "supports up to 4 values"),
     ("    - matchReturnActions:\n      - action: Post\n", "matchReturnActions is not supported"),
-    ("    - matchBinaries:\n      - operator: In\n        followChildren: true\n        values: [\"/bin/sh\"]\n",
-     "followChildren is not supported"),
+    ("    - matchBinaries:\n      - operator: Prefix\n        followChildren: true\n        values: [\"/bin/\"]\n",
+     "followChildren works with the operators In and NotIn, not 'Prefix'"),
 ])
 def test_selector_errors(tmp_path, selector, reason):
     msg = error_of(tmp_path, selector_policy(selector))
     assert reason in msg, msg
+
+
+def test_follow_children_sections_limit(tmp_path):
+    both = ("    - matchBinaries:\n      - operator: In\n        followChildren: true\n        values: [\"/bin/sh\"]\n"
+            "      matchParentBinaries:\n      - operator: NotIn\n        followChildren: true\n"
+            "        values: [\"/bin/sh\"]\n")
+    hook = "  - call: sys_getpgid\n    syscall: true\n    args:\n    - index: 0\n      type: int\n    selectors:\n"
+    ok = with_spec("  kprobes:\n" + (hook + both * 5) * 6 + hook + both)   # 62 sections
+    [policy] = load_text(tmp_path, ok)
+    assert not isinstance(policy, PolicyError), policy
+    msg = error_of(tmp_path, with_spec("  kprobes:\n" + (hook + both * 5) * 7))   # 70
+    assert "spec.kprobes[6].selectors[2].matchBinaries[0].followChildren: 70 matchBinaries/" \
+           "matchParentBinaries with followChildren; tetrad supports at most 64 per policy" in msg, msg
 
 
 def test_unsupported_sections_are_named(tmp_path):

@@ -14,7 +14,8 @@ def test_every_policy_program_passes_the_verifier():
     from bcc import BPF
     macros = offsets.resolve(Btf.load("/sys/kernel/btf/vmlinux"),
                              offsets.PROCESS_MEMBERS + offsets.POLICY_MEMBERS)
-    bpf = compile_program("policy.c", {**macros, "RB_PAGES": 8, "NHOOKS": MAX_HOOKS})
+    bpf = compile_program("policy.c", {**macros, "RB_PAGES": 8, "NHOOKS": MAX_HOOKS,
+                                       "FOLLOW_CHILDREN": 1})
     try:
         loaded = []
         for prefix, ptype in (("tp", BPF.TRACEPOINT), ("kp", BPF.KPROBE)):
@@ -24,6 +25,8 @@ def test_every_policy_program_passes_the_verifier():
             for phase in ("enter", "exit"):
                 loaded.append(bpf.load_func(f"hook{slot}_{phase}".encode(), BPF.TRACEPOINT))
                 loaded.append(bpf.load_func(f"khook{slot}_{phase}".encode(), BPF.KPROBE))
+        for name in ("follow_exec", "follow_match", "follow_fork", "follow_exit"):   # followChildren
+            loaded.append(bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT))
         assert all(fn.fd >= 0 for fn in loaded)
     finally:
         bpf.cleanup()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..bpf_loader import compile_program
 from . import hooks as hooks_mod
-from . import lsm
+from . import follow, lsm
 from .hooks import ENTER, EXIT, Plan
 from .model import HOOK_KPROBE, HOOK_LSM, HOOK_TRACEPOINT, Hook, Policy
 from .validate import parse_rate_limit
@@ -155,8 +155,12 @@ class PolicyProgram:
         for i, (slot, hook) in enumerate(self.lsm_hooks):
             lsm_macros[f"LSM_HOOK_{i}"], lsm_macros[f"LSM_SLOT_{i}"] = hook.name, slot
         self._lsm_fds: list[int] = []   # LSM programs and their links, closed by close()
+        follow_macros = {"FOLLOW_CHILDREN": 1} if any(
+            b.get("followChildren") for h in policy.hooks for sel in h.selectors
+            for key in ("matchBinaries", "matchParentBinaries") for b in sel.get(key) or ()) else {}
         try:
-            self.bpf = compile_program("policy.c", {**macros, **lsm_macros, "RB_PAGES": rb_pages,
+            self.bpf = compile_program("policy.c", {**macros, **lsm_macros, **follow_macros,
+                                                    "RB_PAGES": rb_pages,
                                                     "NHOOKS": max(1, len(policy.hooks))})
         except Exception as e:
             raise ProgramError(f"BPF compile failed: {e}") from e
@@ -172,6 +176,8 @@ class PolicyProgram:
         settings[ctypes.c_int(0)] = ctypes.c_uint32(0)
         settings[ctypes.c_int(1)] = ctypes.c_uint32(os.getpid())
         needs_kprobe_runner = False
+        # followChildren sections, in the order of their bits: (string-set slot, listed binaries)
+        self._follow: list[tuple[int, frozenset[str]]] = []
         for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
             self._configure_hook(slot, hook, plan)
             needs_kprobe_runner |= plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
@@ -181,6 +187,8 @@ class PolicyProgram:
             for i, stage in enumerate(RUNNER_STAGES):
                 fn = self.bpf.load_func(f"{prefix}_{stage}", ptype)
                 runners[ctypes.c_int(i)] = ctypes.c_int(fn.fd)
+        if self._follow:
+            self._start_following()
         for i, (slot, hook) in enumerate(self.lsm_hooks):
             self._load_lsm(i, hook)
         for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
@@ -203,6 +211,26 @@ class PolicyProgram:
         except OSError as e:
             raise ProgramError(f"{hook.path}.hook: {hook.name!r}: {e.strerror} "
                                f"(is bpf_lsm_{hook.name} a BPF LSM hook of this kernel?)") from e
+
+    def _start_following(self) -> None:
+        """followChildren: the exec/fork/exit bookkeeping first, then the
+        running processes, so that none falls between the two."""
+        from bcc import BPF
+        sections = self.bpf["follow_sections"]
+        for i, (slot, _) in enumerate(self._follow):
+            conf = sections.Leaf()
+            conf.slot = slot
+            sections[ctypes.c_int(i)] = conf
+        self.bpf["follow_count"][ctypes.c_int(0)] = ctypes.c_uint32(len(self._follow))
+        match = self.bpf.load_func("follow_match", BPF.RAW_TRACEPOINT)
+        self.bpf["follow_stages"][ctypes.c_int(0)] = ctypes.c_int(match.fd)
+        for tp in ("exec", "fork", "exit"):
+            self.bpf.attach_raw_tracepoint(tp=f"sched_process_{tp}", fn_name=f"follow_{tp}")
+        followed = self.bpf["followed"]
+        for tgid, bits in follow.seed([listed for _, listed in self._follow], self.procfs).items():
+            key = ctypes.c_uint32(tgid)
+            old = followed.get(key)
+            followed[key] = ctypes.c_uint64(bits | (old.value if old is not None else 0))
 
     def set_enabled(self, enabled: bool) -> None:
         self.bpf["settings"][ctypes.c_int(0)] = ctypes.c_uint32(1 if enabled else 0)
@@ -343,12 +371,15 @@ class PolicyProgram:
             for pid in p.get("values") or ():
                 key = self.bpf["pid_set"].Key(idx * 2 + i, int(pid))
                 self.bpf["pid_set"][key] = ctypes.c_uint8(1)
-        for key, attr, m in (("matchBinaries", "bin_op", 6), ("matchParentBinaries", "pbin_op", 7)):
+        for key, attr, m in (("matchBinaries", "bin", 6), ("matchParentBinaries", "pbin", 7)):
             entries = sel.get(key) or []
             if entries:
                 b = entries[0]
-                setattr(conf, attr, OPS[b["operator"]])
+                setattr(conf, f"{attr}_op", OPS[b["operator"]])
                 self._string_values(idx * 8 + m, b["operator"], b.get("values") or ())
+                if b.get("followChildren"):
+                    self._follow.append((idx * 8 + m, frozenset(b.get("values") or ())))
+                    setattr(conf, f"{attr}_follow", len(self._follow))   # its bit + 1
         namespaces = sel.get("matchNamespaces") or []
         conf.nns = len(namespaces)
         for i, ns in enumerate(namespaces):

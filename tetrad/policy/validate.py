@@ -23,6 +23,7 @@ EQUAL_STRING_MAX_LEN = 255    # tetrad: Equal/In strings are hash keys of 256 by
 MAX_HOOKS = 16                # tetrad: hooks per policy (one BPF object each)
 MAX_LSM_HOOKS = 4             # tetrad: lsmhooks per policy (each has its own BPF LSM programs)
 MAX_BINARY_ENTRIES = 1        # tetrad: matchBinaries / matchParentBinaries entries per selector
+MAX_FOLLOW_CHILDREN = 64      # Tetragon: 64 followChildren sections (tetrad: per policy, both kinds)
 MAX_PID_FILTERS = 2           # tetrad: matchPIDs entries per selector
 MAX_CAP_FILTERS = 2           # tetrad: matchCapabilities entries per selector
 MAX_RETURN_MATCHES = 1        # tetrad: matchReturnArgs per selector
@@ -98,6 +99,10 @@ def check_spec(spec: dict) -> list[tuple[str, str]]:
              + sum(len(u.get("symbols") or ()) for u in spec.get("uprobes") or ()))
     if hooks > MAX_HOOKS:
         errors.append(("spec", f"{hooks} hooks; tetrad loads at most {MAX_HOOKS} per policy (split it)"))
+    follow = follow_children_sections(spec)
+    if len(follow) > MAX_FOLLOW_CHILDREN:
+        errors.append((follow[MAX_FOLLOW_CHILDREN], f"{len(follow)} matchBinaries/matchParentBinaries "
+                       f"with followChildren; tetrad supports at most {MAX_FOLLOW_CHILDREN} per policy"))
     for i, k in enumerate(spec.get("kprobes") or ()):
         errors += _check_hook(k, f"spec.kprobes[{i}]", "kprobe")
     for i, t in enumerate(spec.get("tracepoints") or ()):
@@ -126,6 +131,20 @@ def check_spec(spec: dict) -> list[tuple[str, str]]:
             errors.append((f"spec.uprobes[{i}].symbols", "required field missing"))
         errors += _check_hook(u, f"spec.uprobes[{i}]", "uprobe")
     return errors
+
+
+def follow_children_sections(spec: dict) -> list[str]:
+    """Field paths of the matchBinaries/matchParentBinaries entries with
+    followChildren, in the order their bits are given in the kernel."""
+    out = []
+    for kind in ("kprobes", "tracepoints", "uprobes", "lsmhooks"):
+        for i, h in enumerate(spec.get(kind) or ()):
+            for k, sel in enumerate(h.get("selectors") or ()):
+                for key in ("matchBinaries", "matchParentBinaries"):
+                    for m, b in enumerate(sel.get(key) or ()):
+                        if b.get("followChildren"):
+                            out.append(f"spec.{kind}[{i}].selectors[{k}].{key}[{m}].followChildren")
+    return out
 
 
 def _check_arg(a: dict, path: str, kind: str = "kprobe") -> list[tuple[str, str]]:
@@ -209,8 +228,9 @@ def _check_selector(sel: dict, path: str, types: dict, ret_type, kind: str) -> l
     for key in ("matchBinaries", "matchParentBinaries"):
         for m, b in enumerate(sel.get(key) or []):
             op = b.get("operator")
-            if b.get("followChildren"):
-                errors.append((f"{path}.{key}[{m}].followChildren", "followChildren is not supported by tetrad yet"))
+            if b.get("followChildren") and op not in ("In", "NotIn"):
+                errors.append((f"{path}.{key}[{m}].followChildren",
+                               f"followChildren works with the operators In and NotIn, not {op!r}"))
             if op not in BINARY_OPS:
                 errors.append((f"{path}.{key}[{m}].operator",
                                f"operator {op!r} is not supported by tetrad yet ({', '.join(sorted(BINARY_OPS))})"))
