@@ -23,6 +23,7 @@
  * The scope tracking is shared and written once, here: BCC rewrites map calls
  * only in the file it compiles, not in headers. */
 #include "common.h"
+#include "lifecycle.h"
 #include "ns.h"
 
 #if defined(ENFORCE_SOCKETS) == defined(ENFORCE_DEVICES)
@@ -482,13 +483,8 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 /* a child forked without exec keeps its parent's binary, so its scope too */
 RAW_TRACEPOINT_PROBE(sched_process_fork)
 {
-    void *parent = (void *)ctx->args[0];
-    void *child = (void *)ctx->args[1];
-    u32 ppid = 0, pid = 0, tgid = 0;
-    READ_MEMBER(ppid, parent, task_struct, tgid);
-    READ_MEMBER(pid, child, task_struct, pid);
-    READ_MEMBER(tgid, child, task_struct, tgid);
-    if (pid != tgid)
+    u32 ppid, tgid;
+    if (!forked_process(ctx, &ppid, &tgid))
         return 0;
     u64 *bits = exec_scope.lookup(&ppid);
     if (bits) {
@@ -501,12 +497,10 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 /* a process's scope ends with it */
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
-    void *task = (void *)ctx->args[0];
-    u32 pid = 0, tgid = 0;
-    READ_MEMBER(pid, task, task_struct, pid);
-    READ_MEMBER(tgid, task, task_struct, tgid);
-    kill_pending.delete(&pid);   /* refused where no exit tracepoint follows (io_uring, a mount) */
-    if (pid == tgid) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();   /* the exiting thread */
+    kill_pending.delete(&tid);   /* refused where no exit tracepoint follows (io_uring, a mount) */
+    u32 tgid = ended_process(ctx);
+    if (tgid) {
         exec_scope.delete(&tgid);
         pid_scope.delete(&tgid);
     }

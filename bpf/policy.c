@@ -12,6 +12,7 @@
  */
 #include <uapi/linux/ptrace.h>   /* struct pt_regs: a stable ABI, unlike the kernel structs */
 #include "common.h"
+#include "lifecycle.h"
 #include "path.h"
 #include "ns.h"
 
@@ -1363,13 +1364,8 @@ int follow_match(struct bpf_raw_tracepoint_args *ctx)
 /* At fork: a new process is in its parent's sections (threads share theirs). */
 int follow_fork(struct bpf_raw_tracepoint_args *ctx)
 {
-    void *parent = (void *)ctx->args[0];
-    void *child = (void *)ctx->args[1];
-    u32 ppid = 0, pid = 0, tgid = 0;
-    READ_MEMBER(ppid, parent, task_struct, tgid);
-    READ_MEMBER(pid, child, task_struct, pid);
-    READ_MEMBER(tgid, child, task_struct, tgid);
-    if (pid != tgid)
+    u32 ppid, tgid;
+    if (!forked_process(ctx, &ppid, &tgid))
         return 0;
     u64 *bits = followed.lookup(&ppid);
     if (bits) {
@@ -1381,11 +1377,8 @@ int follow_fork(struct bpf_raw_tracepoint_args *ctx)
 
 int follow_exit(struct bpf_raw_tracepoint_args *ctx)
 {
-    void *task = (void *)ctx->args[0];
-    u32 pid = 0, tgid = 0;
-    READ_MEMBER(pid, task, task_struct, pid);
-    READ_MEMBER(tgid, task, task_struct, tgid);
-    if (pid == tgid)
+    u32 tgid = ended_process(ctx);
+    if (tgid)
         followed.delete(&tgid);
     return 0;
 }
