@@ -45,7 +45,6 @@
 
 BPF_RINGBUF_OUTPUT(events, RB_PAGES);
 BPF_PERCPU_ARRAY(lost_records, u64, LOST_SLOTS);
-BPF_ARRAY(rule_slots, u32, 1);                 /* [0]: 1 + the highest rule slot in use */
 BPF_HASH(pid_scope, u32, u64, 65536);           /* tgid -> rule bits (matchPIDs), set by userspace */
 BPF_HASH(exec_scope, u32, u64, 65536);          /* tgid -> rule bits from the binary it exec'd */
 BPF_HASH(cgroup_scope, u64, u64, 16384);        /* cgroup id -> rule bits */
@@ -275,20 +274,14 @@ static __always_inline int decide(u32 hook, u32 family, u32 type, u32 protocol, 
     u32 tgid = pid_tgid >> 32;
     if (tgid == EXEMPT_TGID || tgid == 1)   /* never act on tetrad itself or init */
         return 1;
-    u32 zero = 0;
-    u32 *slots = rule_slots.lookup(&zero);
-    u32 used = slots ? *slots : MAX_RULES;
-    if (!used)
-        return 1;
     u64 cgid = bpf_get_current_cgroup_id();
     struct caller_scope s;
     caller_scope(tgid, cgid, &s);
 
-    /* every slot in use is judged (branch-free, above): the unused ones are not */
+    /* Every slot is judged, used or not: a loop bound read from a map (the
+     * highest slot in use) is more than kernel 6.1's verifier can follow. */
 #pragma clang loop unroll(disable)
     for (u32 i = 0; i < MAX_RULES; i++) {
-        if (i >= used)
-            break;
         u32 key = i;
         struct sock_rule *r = rules.lookup(&key);
         if (!r || !rule_matches(r, hook, family, type, protocol, addr, has_addr, port, s.proc,
@@ -404,17 +397,12 @@ int device(struct bpf_cgroup_dev_ctx *ctx)
     u32 tgid = pid_tgid >> 32;
     if (tgid == EXEMPT_TGID || tgid == 1)   /* never act on tetrad itself or init */
         return 1;
-    u32 zero = 0;
-    u32 *slots = rule_slots.lookup(&zero);
-    u32 used = slots ? *slots : MAX_RULES;
     u64 cgid = bpf_get_current_cgroup_id();
     struct caller_scope s;
     caller_scope(tgid, cgid, &s);
 
 #pragma clang loop unroll(disable)
     for (u32 i = 0; i < MAX_RULES; i++) {
-        if (i >= used)
-            break;
         u64 bit = 1ull << i;
         if (!(dev_bits & bit))
             continue;

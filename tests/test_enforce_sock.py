@@ -185,9 +185,7 @@ def test_the_daemon_itself_is_never_blocked(enforcer, listener):
         enforcer.clear_rule(6)
 
 
-def test_only_slots_in_use_are_judged_and_the_bound_follows_them(enforcer, listener):
-    # the programs judge slots below 1 + the highest in use: a rule high up
-    # must be judged, and clearing it must not unguard a lower one
+def test_the_last_slot_is_judged_and_clearing_one_rule_keeps_the_others(enforcer, listener):
     port = listener.getsockname()[1]
     enforcer.set_rule(2, SockRule(hooks=HOOK_CONNECT, ports=[(port, port)]))
     enforcer.set_rule(15, SockRule(hooks=HOOK_CONNECT, ports=[(port + 1, port + 1)]))

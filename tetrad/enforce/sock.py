@@ -266,7 +266,6 @@ class SockEnforcer:
         self._sync_kill_exits()        # before the rule is active: a refused caller is always killed
         self._sync_namespace_kinds()   # before the rule is active: it never applies unscoped
         self._note_cgroup_scoped()
-        self._note_rule_slots()        # before: a slot above the bound would not be judged
         self.bpf[b"rules"][ctypes.c_int(slot)] = struct_
 
     def set_cgroups(self, slot: int, cgroup_ids: set[int]) -> None:
@@ -289,7 +288,6 @@ class SockEnforcer:
         self.bpf[b"rules"][ctypes.c_int(slot)] = self.bpf[b"rules"].Leaf()
         self._clear_scope(1 << slot)
         self.rules.pop(slot, None)
-        self._note_rule_slots()
         self._sync_namespace_kinds()
         self._note_cgroup_scoped()
         self._sync_kill_exits()
@@ -310,12 +308,6 @@ class SockEnforcer:
                 self.bpf.detach_tracepoint(tp=f"syscalls:{exit_tp}".encode())
             self._kill_exits = []
             self.bpf[b"kill_pending"].clear()
-
-    def _note_rule_slots(self) -> None:
-        """Bound the slots the programs judge to 1 + the highest in use: each
-        connect pays for every slot judged (the matching is branch-free)."""
-        used = max(self.rules, default=-1) + 1
-        self.bpf[b"rule_slots"][ctypes.c_int(0)] = ctypes.c_uint32(used)
 
     def _note_cgroup_scoped(self) -> None:
         """Tell the programs whether to look at cgroups at all (a walk of the
