@@ -193,6 +193,7 @@ struct policy_record {
 };
 #define RECORD_FIXED (offsetof(struct policy_record, data))
 #define RECF_TRUNCATED (1u << 0)
+#define RECF_CONF1     (1u << 1)   /* judged by configuration 1 (see `hooks`) */
 
 struct eq_key { u32 slot; char s[STR_KEY]; };
 struct prefix_key { u32 prefixlen; u32 slot; char s[PREFIX_KEY]; };
@@ -201,6 +202,7 @@ struct fd_path { u32 len; char path[FD_PATH_MAX]; };
 
 struct scratch {
     u32 slot;                       /* set by the entry point before its tail call */
+    u32 conf;                       /* and where its configuration is: slot + NHOOKS * configuration */
     u32 phase;
     u32 next;                       /* the position or selector a stage works on */
     struct policy_record rec;
@@ -230,9 +232,14 @@ struct rate_key { u32 slot; u32 scope; u64 hash; };
 BPF_RINGBUF_OUTPUT(events, RB_PAGES);
 BPF_PERCPU_ARRAY(lost_records, u64, 1);
 BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
-BPF_ARRAY(hooks, struct hook_conf, NHOOKS);
-BPF_ARRAY(selectors, struct selector_conf, NHOOKS * MAX_SELECTORS);
-BPF_ARRAY(settings, u32, 3);                 /* [0] enabled, [1] the daemon's own tgid, [2] scoped */
+/* Two configurations of the policy (hook i's at i and NHOOKS + i, their
+ * selectors and values keyed alike): the daemon writes the one not in force,
+ * then switches settings[0], so that a change of values needs no new programs
+ * and each event is judged by one configuration, old or new. */
+BPF_ARRAY(hooks, struct hook_conf, NHOOKS * 2);
+BPF_ARRAY(selectors, struct selector_conf, NHOOKS * 2 * MAX_SELECTORS);
+BPF_ARRAY(settings, u32, 3);   /* [0] 0: disabled, else the configuration in force + 1;
+                                * [1] the daemon's own tgid, [2] scoped */
 /* A scoped policy (namespaced, podSelector, containerSelector) applies only to
  * processes whose cgroup v2, or one of its ancestors, is here: its containers
  * and pods, kept current by the daemon (tetrad/policy/scope.py).  A pod's
@@ -955,8 +962,8 @@ static __always_inline int stage_start(void *ctx, int run)
     struct scratch *s = get_scratch();
     if (!s)
         return 0;
-    u32 slot = s->slot;
-    struct hook_conf *hc = hooks.lookup(&slot);
+    u32 slot = s->slot, conf = s->conf;
+    struct hook_conf *hc = hooks.lookup(&conf);
     if (!hc)
         return 0;
     /* here, not in each hook's entry point: one copy of the walk per program type;
@@ -998,6 +1005,7 @@ static __always_inline int stage_start(void *ctx, int run)
     __builtin_memset(r, 0, RECORD_FIXED);
     r->h.type = RECORD_POLICY;
     r->hook = slot;
+    r->flags = conf >= NHOOKS ? RECF_CONF1 : 0;
     r->pid = pid_tgid >> 32;
     r->tid = (u32)pid_tgid;
     r->ret = ret;
@@ -1017,8 +1025,8 @@ static __always_inline int stage_arg(void *ctx, int run)
     struct scratch *s = get_scratch();
     if (!s)
         return 0;
-    u32 slot = s->slot;
-    struct hook_conf *hc = hooks.lookup(&slot);
+    u32 conf = s->conf;
+    struct hook_conf *hc = hooks.lookup(&conf);
     if (!hc)
         return 0;
     u32 p = s->next;
@@ -1056,12 +1064,12 @@ static __always_inline int stage_select(void *ctx, int run)
     struct scratch *s = get_scratch();
     if (!s)
         return 0;
-    u32 slot = s->slot;
-    struct hook_conf *hc = hooks.lookup(&slot);
+    u32 conf = s->conf;
+    struct hook_conf *hc = hooks.lookup(&conf);
     u32 k = s->next;
     if (!hc || k >= MAX_SELECTORS || k >= hc->nselectors)
         return 0;   /* no selector matched: no event */
-    u32 idx = slot * MAX_SELECTORS + k;
+    u32 idx = conf * MAX_SELECTORS + k;
     struct selector_conf *sc = selectors.lookup(&idx);
     if (!sc)
         return 0;
@@ -1089,11 +1097,11 @@ static __always_inline int stage_rest(void *ctx, int run)
     struct scratch *s = get_scratch();
     if (!s)
         return 0;
-    u32 slot = s->slot;
+    u32 conf = s->conf;
     u32 k = s->next;
     if (k >= MAX_SELECTORS)
         return 0;
-    u32 idx = slot * MAX_SELECTORS + k;
+    u32 idx = conf * MAX_SELECTORS + k;
     struct selector_conf *sc = selectors.lookup(&idx);
     if (!sc)
         return 0;
@@ -1171,13 +1179,15 @@ static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int run)
     u64 pid_tgid = bpf_get_current_pid_tgid();
     if (!enabled || !*enabled || !self || *self == (pid_tgid >> 32))
         return 0;
-    struct hook_conf *hc = hooks.lookup(&slot);
+    u32 conf = *enabled == 2 ? slot + NHOOKS : slot;   /* read once: the event's configuration */
+    struct hook_conf *hc = hooks.lookup(&conf);
     if (!hc || nothing_to_do(ctx, hc, slot, phase, pid_tgid, run))
         return 0;
     struct scratch *s = get_scratch();
     if (!s)
         return 0;
     s->slot = slot;
+    s->conf = conf;
     s->phase = phase;
     next_stage(ctx, run, STAGE_START);
     return 0;   /* reached only if the tail call failed: allow */

@@ -1,10 +1,19 @@
-"""One loaded policy: bpf/policy.c compiled for its number of hooks, its maps
-filled from the policy (tetrad/policy/hooks.py says where each hook attaches),
-its programs attached, and its own ring buffer.
+"""One loaded policy: an instance of bpf/policy.c, its maps filled from the
+policy (tetrad/policy/hooks.py says where each hook attaches), its programs
+attached, and its own ring buffer.
 
 Everything a selector compares against lives in maps, keyed by a "slot"
 number derived from (hook, selector, match): bpf/policy.c computes the same
-numbers.  Nothing of the policy is compiled into the C.
+numbers.  Nothing of the policy is compiled into the C, so every policy
+without lsmhooks is an instance of one compiled template (see
+tetrad/bpf_template.py): only the first policy of a daemon waits for clang.
+
+The maps hold two configurations.  `reconfigure()` writes a changed policy
+into the one not in force and then switches: a change that keeps every hook
+where it is attached (values, operators, selectors, actions, argument
+types, messages) keeps the programs, their attachments and their state
+(followed fds, saved entries), and each event is judged by the old
+configuration or the new one, never by a mix.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 from ..bpf_loader import compile_program
+from ..bpf_template import TemplateCache, TemplateError
 from . import hooks as hooks_mod
 from . import lsm
 from .hooks import ENTER, EXIT, Plan
@@ -65,6 +75,14 @@ FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10}
 PROTOCOLS = {"IPPROTO_ICMP": 1, "IPPROTO_TCP": 6, "IPPROTO_UDP": 17, "IPPROTO_RAW": 255}
 STRING_CLASSES = {9, 10, 11, 12, 13}
 SOCK_CLASSES = {14, 15}
+CONFIGURATIONS = 2      # bpf/policy.c: hooks, selectors and values twice, settings[0] says which
+MATCH_SLOTS = 8         # value slots per selector (matchArgs, matchReturnArgs, binaries, parents)
+PID_SLOTS = 2           # pid_set slots per selector
+MAX_ACTIONS = 3         # rate_last slots per selector
+RECF_CONF1 = 2          # bpf/policy.c: the record was judged by configuration 1
+# the maps keyed by a selector's slots: (name, slots per selector)
+SLOT_MAPS = (("str_eq", MATCH_SLOTS), ("str_prefix", MATCH_SLOTS), ("str_postfix", MATCH_SLOTS),
+             ("addr_trie", MATCH_SLOTS), ("pid_set", PID_SLOTS), ("rate_last", MAX_ACTIONS))
 
 
 class ProgramError(Exception):
@@ -136,11 +154,21 @@ def host_ns(name: str, procfs: str = "/proc") -> int:
         return os.stat(f"/proc/self/ns/{ns}").st_ino
 
 
+def attachment(policy: Policy, plans: list[Plan]) -> tuple:
+    """Where a policy's programs attach, hook by hook: two policies with the
+    same can share programs (PolicyProgram.reconfigure)."""
+    return tuple((h.kind, h.name, h.binary, h.symbol, p.backend, tuple(p.attach))
+                 for h, p in zip(policy.hooks, plans))
+
+
 class PolicyProgram:
     """The BPF side of one policy.  `on_record(policy_program, bytes)` gets each record."""
 
     def __init__(self, policy: Policy, plans: list[Plan], macros: dict, rb_pages: int,
-                 tracefs: str, procfs: str = "/proc"):
+                 tracefs: str, procfs: str = "/proc", templates: TemplateCache | None = None):
+        """With `templates`, an instance of the template for this program
+        (compiled if it is the first); without, or where this BCC cannot make
+        instances, a compile of its own."""
         if len(policy.hooks) > MAX_HOOKS:
             raise ProgramError(f"{len(policy.hooks)} hooks; tetrad loads at most {MAX_HOOKS} per policy")
         self.policy = policy
@@ -155,12 +183,28 @@ class PolicyProgram:
         for i, (slot, hook) in enumerate(self.lsm_hooks):
             lsm_macros[f"LSM_HOOK_{i}"], lsm_macros[f"LSM_SLOT_{i}"] = hook.name, slot
         self._lsm_fds: list[int] = []   # LSM programs and their links, closed by close()
-        try:
-            self.bpf = compile_program("policy.c", {**macros, **lsm_macros, "RB_PAGES": rb_pages,
-                                                    "NHOOKS": max(1, len(policy.hooks))})
-        except Exception as e:
-            raise ProgramError(f"BPF compile failed: {e}") from e
-        self.compile_s = time.monotonic() - started
+        self.bpf = None
+        if templates is not None:
+            # every size the same, so that policies share a template
+            self.nhooks = MAX_HOOKS
+            try:
+                self.bpf, self.compile_s = templates.instance(
+                    "policy.c", {**macros, **lsm_macros, "RB_PAGES": rb_pages, "NHOOKS": self.nhooks})
+            except TemplateError as e:
+                log.warning("BCC cannot share compiled programs between policies (%s): "
+                            "each policy is compiled", e)
+            except Exception as e:
+                raise ProgramError(f"BPF compile failed: {e}") from e
+        if self.bpf is None:
+            self.nhooks = max(1, len(policy.hooks))
+            try:
+                self.bpf = compile_program("policy.c", {**macros, **lsm_macros, "RB_PAGES": rb_pages,
+                                                        "NHOOKS": self.nhooks})
+            except Exception as e:
+                raise ProgramError(f"BPF compile failed: {e}") from e
+            self.compile_s = time.monotonic() - started
+        self.conf = 0          # the configuration in force
+        self.enabled = False   # until load() is done
         self._cb = None
         self._budget = CONSUME_BUDGET
 
@@ -171,10 +215,9 @@ class PolicyProgram:
         settings = self.bpf["settings"]
         settings[ctypes.c_int(0)] = ctypes.c_uint32(0)
         settings[ctypes.c_int(1)] = ctypes.c_uint32(os.getpid())
-        needs_kprobe_runner = False
-        for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
-            self._configure_hook(slot, hook, plan)
-            needs_kprobe_runner |= plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
+        self._configure(self.policy, self.plans, self.conf)
+        needs_kprobe_runner = any(plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
+                                  for plan in self.plans)
         kinds = [("tp", BPF.TRACEPOINT)] + ([("kp", BPF.KPROBE)] if needs_kprobe_runner else [])
         for prefix, ptype in kinds:
             runners = self.bpf[f"{prefix}_runners"]
@@ -186,7 +229,39 @@ class PolicyProgram:
         for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
             if hook.kind != HOOK_LSM:
                 self._attach(slot, hook, plan)
-        settings[ctypes.c_int(0)] = ctypes.c_uint32(1)
+        self.set_enabled(True)
+
+    def reconfigure(self, policy: Policy, plans: list[Plan]) -> bool:
+        """Run `policy` on these programs if it attaches where they are
+        attached (False: it needs programs of its own).  Its configuration is
+        written next to the one in force, then put in force at once."""
+        if attachment(policy, plans) != attachment(self.policy, self.plans):
+            return False
+        new = 1 - self.conf
+        self._clear(new)
+        self._configure(policy, plans, new)
+        self.conf, self.policy, self.plans = new, policy, plans
+        if self.enabled:
+            self.set_enabled(True)
+        return True
+
+    def conf_of(self, record_flags: int) -> int:
+        """The configuration a record was judged by."""
+        return 1 if record_flags & RECF_CONF1 else 0
+
+    def _configure(self, policy: Policy, plans: list[Plan], conf: int) -> None:
+        for slot, (hook, plan) in enumerate(zip(policy.hooks, plans)):
+            self._configure_hook(slot + self.nhooks * conf, hook, plan)
+
+    def _clear(self, conf: int) -> None:
+        """Drop what configuration `conf` left in the slot-keyed maps (the
+        hooks and selectors arrays are overwritten whole)."""
+        per_conf = self.nhooks * MAX_SELECTORS
+        for name, per_selector in SLOT_MAPS:
+            table = self.bpf[name]
+            low, high = conf * per_conf * per_selector, (conf + 1) * per_conf * per_selector
+            for key in [k for k in table.keys() if low <= k.slot < high]:
+                del table[key]
 
     def _load_lsm(self, i: int, hook: Hook) -> None:
         """lsmhook i: its stages into its own program array, then its entry attached."""
@@ -205,7 +280,8 @@ class PolicyProgram:
                                f"(is bpf_lsm_{hook.name} a BPF LSM hook of this kernel?)") from e
 
     def set_enabled(self, enabled: bool) -> None:
-        self.bpf["settings"][ctypes.c_int(0)] = ctypes.c_uint32(1 if enabled else 0)
+        self.bpf["settings"][ctypes.c_int(0)] = ctypes.c_uint32(self.conf + 1 if enabled else 0)
+        self.enabled = enabled
 
     def set_scope(self, cgroup_ids: set[int] | None) -> None:
         """Restrict the policy to processes of these cgroups (None: every
@@ -221,6 +297,7 @@ class PolicyProgram:
             del table[ctypes.c_uint64(cgid)]
 
     def _configure_hook(self, slot: int, hook: Hook, plan: Plan) -> None:
+        """Hook configuration `slot` (the hook's slot + NHOOKS * configuration)."""
         conf = self.bpf["hooks"].Leaf()
         kprobe_ctx = plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
         has_exit = any(phase == EXIT for _, _, phase in plan.attach)
@@ -333,7 +410,7 @@ class PolicyProgram:
         matches += [(POS_RET, m) for m in sel.get("matchReturnArgs") or ()]
         conf.nmatch = len(matches)
         for m, (pos, match) in enumerate(matches):
-            self._configure_match(conf.match[m], idx * 8 + m, pos, match, self._arg_type_at(hook, pos))
+            self._configure_match(conf.match[m], idx * MATCH_SLOTS + m, pos, match, self._arg_type_at(hook, pos))
         pids = sel.get("matchPIDs") or []
         conf.npids = len(pids)
         for i, p in enumerate(pids):
@@ -341,14 +418,14 @@ class PolicyProgram:
             c.op, c.follow_forks, c.ns_pid, c.present = OPS[p["operator"]], int(p.get("followForks", False)), \
                 int(p.get("isNamespacePID", False)), 1
             for pid in p.get("values") or ():
-                key = self.bpf["pid_set"].Key(idx * 2 + i, int(pid))
+                key = self.bpf["pid_set"].Key(idx * PID_SLOTS + i, int(pid))
                 self.bpf["pid_set"][key] = ctypes.c_uint8(1)
         for key, attr, m in (("matchBinaries", "bin_op", 6), ("matchParentBinaries", "pbin_op", 7)):
             entries = sel.get(key) or []
             if entries:
                 b = entries[0]
                 setattr(conf, attr, OPS[b["operator"]])
-                self._string_values(idx * 8 + m, b["operator"], b.get("values") or ())
+                self._string_values(idx * MATCH_SLOTS + m, b["operator"], b.get("values") or ())
         namespaces = sel.get("matchNamespaces") or []
         conf.nns = len(namespaces)
         for i, ns in enumerate(namespaces):
