@@ -1120,10 +1120,13 @@ int tp_start(void *ctx) { return stage_start(ctx, RUN_TP); }
 int tp_arg(void *ctx) { return stage_arg(ctx, RUN_TP); }
 int tp_select(void *ctx) { return stage_select(ctx, RUN_TP); }
 int tp_rest(void *ctx) { return stage_rest(ctx, RUN_TP); }
+/* The kprobe/uprobe programs double the compile: only where a policy uses them. */
+#ifdef KPROBE_PROGRAMS
 int kp_start(struct pt_regs *ctx) { return stage_start(ctx, RUN_KP); }
 int kp_arg(struct pt_regs *ctx) { return stage_arg(ctx, RUN_KP); }
 int kp_select(struct pt_regs *ctx) { return stage_select(ctx, RUN_KP); }
 int kp_rest(struct pt_regs *ctx) { return stage_rest(ctx, RUN_KP); }
+#endif
 
 /* Raw argument i (0..5) of the hooked call, read alone, as read_raw_args
  * reads them all.  `run` is a constant in each program: a tracepoint program
@@ -1194,11 +1197,17 @@ static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int run)
 }
 
 /* Each slot's entry points: hook<n>_* for tracepoints, khook<n>_* for kprobes and uprobes. */
+#ifdef KPROBE_PROGRAMS
+#define KHOOK(n) \
+    int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_KP); } \
+    int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_KP); }
+#else
+#define KHOOK(n)
+#endif
 #define HOOK(n) \
     int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_TP); } \
     int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_TP); } \
-    int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_KP); } \
-    int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_KP); }
+    KHOOK(n)
 
 HOOK(0)
 #if NHOOKS > 1

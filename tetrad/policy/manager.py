@@ -46,7 +46,7 @@ log = logging.getLogger("tetrad.policy")
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
-SETTLE_S = 0.15   # wait for a burst of inotify events (an editor's save) to end
+SETTLE_S = 0.15   # a file still being written: wait until its writes have stopped this long
 MODE_OPTION = "policy-mode"
 MODES = ("enforce", "monitor")
 ENFORCING_ACTIONS = ("Sigkill", "Signal", "Override")
@@ -207,12 +207,15 @@ class PolicyManager:
 
     def _on_inotify(self) -> None:
         if self.watcher.drain():
-            self._dirty_since = time.monotonic()
+            # whole changes (a rename into place, a closed file, a delete) at
+            # once; a file still being written once it has been left alone
+            self._dirty_since = time.monotonic() - (SETTLE_S if self.watcher.complete() else 0)
 
     def tick(self) -> None:
         """Called from the daemon's loop: apply directory changes once they settle."""
         if self._dirty_since is not None and time.monotonic() - self._dirty_since >= SETTLE_S:
             self._dirty_since = None
+            self.watcher.settled()
             self.watcher.rewatch()
             self.reload()
 
@@ -491,8 +494,10 @@ class PolicyManager:
                 try:
                     if e.scope is not None:
                         program.set_scope(e.scope_ids)
-                    program.load()
                     program.open(self._on_record)
+                    program.load()   # judges from here on ...
+                    if previous is not None and previous.program is not None:
+                        previous.program.set_enabled(False)   # ... and the old programs no more
                 except Exception:
                     program.close()
                     raise

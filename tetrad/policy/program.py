@@ -36,6 +36,7 @@ from .validate import parse_rate_limit
 log = logging.getLogger("tetrad.policy")
 
 MAX_HOOKS = 16
+HOOK_CLASSES = (4, MAX_HOOKS)   # a template's number of hook slots: the compile grows with it
 MAX_SELECTORS = 5
 POS_RET = 5
 
@@ -183,10 +184,14 @@ class PolicyProgram:
         for i, (slot, hook) in enumerate(self.lsm_hooks):
             lsm_macros[f"LSM_HOOK_{i}"], lsm_macros[f"LSM_SLOT_{i}"] = hook.name, slot
         self._lsm_fds: list[int] = []   # LSM programs and their links, closed by close()
+        self.needs_kprobe_programs = any(p.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
+                                         for p in plans)
+        if self.needs_kprobe_programs:
+            macros = {**macros, "KPROBE_PROGRAMS": 1}
         self.bpf = None
         if templates is not None:
-            # every size the same, so that policies share a template
-            self.nhooks = MAX_HOOKS
+            # sizes in a few classes, so that policies share templates
+            self.nhooks = next(n for n in HOOK_CLASSES if n >= len(policy.hooks))
             try:
                 self.bpf, self.compile_s = templates.instance(
                     "policy.c", {**macros, **lsm_macros, "RB_PAGES": rb_pages, "NHOOKS": self.nhooks})
@@ -216,9 +221,7 @@ class PolicyProgram:
         settings[ctypes.c_int(0)] = ctypes.c_uint32(0)
         settings[ctypes.c_int(1)] = ctypes.c_uint32(os.getpid())
         self._configure(self.policy, self.plans, self.conf)
-        needs_kprobe_runner = any(plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
-                                  for plan in self.plans)
-        kinds = [("tp", BPF.TRACEPOINT)] + ([("kp", BPF.KPROBE)] if needs_kprobe_runner else [])
+        kinds = [("tp", BPF.TRACEPOINT)] + ([("kp", BPF.KPROBE)] if self.needs_kprobe_programs else [])
         for prefix, ptype in kinds:
             runners = self.bpf[f"{prefix}_runners"]
             for i, stage in enumerate(RUNNER_STAGES):
