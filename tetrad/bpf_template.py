@@ -219,6 +219,7 @@ def instance_class():
                     os.close(fd)
                 self.map_fds = []
                 self.template.instances -= 1
+                atexit.unregister(self.cleanup)   # policies come and go: keep no closed instance
 
     return Instance
 

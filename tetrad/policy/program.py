@@ -198,6 +198,8 @@ class PolicyProgram:
             except TemplateError as e:
                 log.warning("BCC cannot share compiled programs between policies (%s): "
                             "each policy is compiled", e)
+            except OSError as e:   # its maps
+                raise ProgramError(str(e)) from e
             except Exception as e:
                 raise ProgramError(f"BPF compile failed: {e}") from e
         if self.bpf is None:
