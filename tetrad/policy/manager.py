@@ -527,6 +527,8 @@ class PolicyManager:
             return False
         program = previous.program
         try:
+            # what the configuration about to be overwritten judged is rendered by its route first
+            program.consume()
             if not program.reconfigure(e.policy, e.plans):
                 return False
         except Exception as err:   # e.g. a full value map: new programs instead
