@@ -173,3 +173,24 @@ def test_the_watcher_tells_a_file_being_written_from_a_whole_change(tmp_path):
         assert w.drain() and w.complete()
     finally:
         w.close()
+
+
+def test_a_change_the_maps_cannot_hold_beside_the_old_one_loads_anew(manager, tmp_path):
+    """str_eq holds 1024 strings: a policy of 600 cannot have two configurations
+    there, so a change of one value gets programs of its own, and still works."""
+    def policy(first: str) -> str:
+        binaries = [first] + [f"/nonexistent/bin{i}" for i in range(600)] + ["/usr/bin/python3", "/usr/bin/python3.11"]
+        return (POLICY.format(name="api-a", value=6101)
+                + "      matchBinaries:\n      - operator: In\n        values: [" + ", ".join(f'"{b}"' for b in binaries) + "]\n")
+
+    path = tmp_path / "dir" / "a.yaml"
+    path.write_text(policy("/nonexistent/first"))
+    manager.reload()
+    program = manager.entries[0].program
+    assert len(calls(manager, 6101)) == 1
+    path.write_text(policy("/nonexistent/second"))
+    manager.reload()
+    [a] = manager.list()
+    assert a["state"] == "loaded" and manager.entries[0].program is not program
+    assert program.bpf.funcs == {}   # the old programs are closed
+    assert len(calls(manager, 6101)) == 1

@@ -11,7 +11,7 @@ policies never stop.  A changed policy whose hooks attach where they did
 keeps its programs too: its new configuration is switched in at once (see
 PolicyProgram.reconfigure), nothing is detached, no event is lost or
 doubled.  Otherwise its new programs are attached before the old ones are
-closed.  New programs are instances of one compiled template (see
+closed.  New programs are instances of a compiled template (see
 tetrad/bpf_template.py), so only a daemon's first policy waits for clang.
 """
 
@@ -39,7 +39,7 @@ from .inbox import Inbox
 from .inotify import DirectoryWatcher
 from .loader import PolicyError
 from .model import Policy
-from .program import PolicyProgram, ProgramError
+from .program import CONFIGURATIONS, PolicyProgram, ProgramError
 from .scope import Scope, scope_of
 
 log = logging.getLogger("tetrad.policy")
@@ -508,7 +508,7 @@ class PolicyManager:
                 log.error("policy %s not loaded: %s", e.name, e.error)
                 self._release_slots(e)
                 return
-            self._routes[id(program)] = [None] * 2
+            self._routes[id(program)] = [None] * CONFIGURATIONS
             self.poller.register(program.fileno(), program.consume)
         e.program = program
         e.loaded = True

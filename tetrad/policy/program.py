@@ -4,9 +4,10 @@ attached, and its own ring buffer.
 
 Everything a selector compares against lives in maps, keyed by a "slot"
 number derived from (hook, selector, match): bpf/policy.c computes the same
-numbers.  Nothing of the policy is compiled into the C, so every policy
-without lsmhooks is an instance of one compiled template (see
-tetrad/bpf_template.py): only the first policy of a daemon waits for clang.
+numbers.  Nothing of the policy is compiled into the C, so policies of one
+shape (4 or 16 hook slots, kprobe programs or not, the same lsmhooks) are
+instances of one compiled template (see tetrad/bpf_template.py): only the
+first of them waits for clang.
 
 The maps hold two configurations.  `reconfigure()` writes a changed policy
 into the one not in force and then switches: a change that keeps every hook
