@@ -194,3 +194,25 @@ def test_a_change_the_maps_cannot_hold_beside_the_old_one_loads_anew(manager, tm
     assert a["state"] == "loaded" and manager.entries[0].program is not program
     assert program.bpf.funcs == {}   # the old programs are closed
     assert len(calls(manager, 6101)) == 1
+
+
+def test_where_bcc_cannot_share_programs_each_policy_is_compiled(manager, tmp_path, monkeypatch, caplog):
+    """A BCC whose libbcc lacks what instances need: policies load as before,
+    each with a compile of its own, and the daemon says so once."""
+    from bcc import BPF
+
+    from tetrad import bpf_template
+
+    def lacking():
+        raise bpf_template.TemplateError("libbcc has no bpf_num_tables")
+
+    monkeypatch.setattr(bpf_template, "_libbcc", lacking)
+    manager.templates = bpf_template.TemplateCache()
+    (tmp_path / "dir" / "b.yaml").write_text(POLICY.format(name="api-b", value=6106))
+    (tmp_path / "dir" / "c.yaml").write_text(POLICY.format(name="api-c", value=6107))
+    manager.reload()
+    assert [p["state"] for p in manager.list()] == ["loaded"] * 3
+    for e in manager.entries[1:]:
+        assert type(e.program.bpf) is BPF and e.program.compile_s > 0
+    assert len(calls(manager, 6106)) == 1 and len(calls(manager, 6107)) == 1
+    assert caplog.text.count("BCC cannot make instances of a compiled program") == 1

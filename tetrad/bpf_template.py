@@ -21,6 +21,7 @@ import atexit
 import ctypes
 import functools
 import json
+import logging
 import os
 import struct
 import time
@@ -28,6 +29,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from .bpf_loader import compile_program
+
+log = logging.getLogger("tetrad.bpf")
 
 LD_IMM64 = 0x18                  # BPF_LD | BPF_IMM | BPF_DW: two instruction slots
 PSEUDO_MAP_FD, PSEUDO_MAP_VALUE = 1, 2   # src_reg of an LD_IMM64 holding a map fd
@@ -90,6 +93,12 @@ class Template:
         self._types: dict[bytes, tuple] = {}
         self.instances = 0
         self.destroyed = False
+        try:   # every function's map references now: one this cannot place fails here, not in a load
+            for i in range(lib.bpf_num_functions(module)):
+                self.code(lib.bpf_function_name(module, i))
+        except TemplateError:
+            self.destroy()
+            raise
         self._release_maps()
 
     def _release_maps(self) -> None:
@@ -232,15 +241,24 @@ class TemplateCache:
         self.keep = keep
         self._templates: OrderedDict[tuple, Template] = OrderedDict()
         self._retired: list[Template] = []
+        self._unusable: TemplateError | None = None   # once BCC could not make instances
 
     def instance(self, source: str, macros: dict):
         """(a new instance, the seconds spent compiling for it: 0 when the
         template was already there).  TemplateError if BCC cannot make one."""
+        if self._unusable is not None:
+            raise self._unusable
         key = (source, tuple(sorted((k, str(v)) for k, v in macros.items())))
         template = self._templates.get(key)
         compiled = 0.0
         if template is None:
-            template = Template(source, macros)
+            try:
+                template = Template(source, macros)
+            except TemplateError as e:
+                log.warning("BCC cannot make instances of a compiled program (%s): "
+                            "each one is compiled", e)
+                self._unusable = e
+                raise
             compiled = template.compile_s
             self._templates[key] = template
         self._templates.move_to_end(key)

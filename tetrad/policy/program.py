@@ -196,9 +196,8 @@ class PolicyProgram:
             try:
                 self.bpf, self.compile_s = templates.instance(
                     "policy.c", {**macros, **lsm_macros, "RB_PAGES": rb_pages, "NHOOKS": self.nhooks})
-            except TemplateError as e:
-                log.warning("BCC cannot share compiled programs between policies (%s): "
-                            "each policy is compiled", e)
+            except TemplateError:   # said once by the cache: compiled below
+                pass
             except OSError as e:   # its maps
                 raise ProgramError(str(e)) from e
             except Exception as e:
