@@ -195,6 +195,7 @@ struct policy_record {
 };
 #define RECORD_FIXED (offsetof(struct policy_record, data))
 #define RECF_TRUNCATED (1u << 0)
+#define RECF_CONF1     (1u << 1)   /* judged by configuration 1 (see `hooks`) */
 
 struct eq_key { u32 slot; char s[STR_KEY]; };
 struct prefix_key { u32 prefixlen; u32 slot; char s[PREFIX_KEY]; };
@@ -203,6 +204,7 @@ struct fd_path { u32 len; char path[FD_PATH_MAX]; };
 
 struct scratch {
     u32 slot;                       /* set by the entry point before its tail call */
+    u32 conf;                       /* and where its configuration is: slot + NHOOKS * configuration */
     u32 phase;
     u32 next;                       /* the position or selector a stage works on */
     struct policy_record rec;
@@ -232,9 +234,14 @@ struct rate_key { u32 slot; u32 scope; u64 hash; };
 BPF_RINGBUF_OUTPUT(events, RB_PAGES);
 BPF_PERCPU_ARRAY(lost_records, u64, 1);
 BPF_PERCPU_ARRAY(scratch_map, struct scratch, 1);
-BPF_ARRAY(hooks, struct hook_conf, NHOOKS);
-BPF_ARRAY(selectors, struct selector_conf, NHOOKS * MAX_SELECTORS);
-BPF_ARRAY(settings, u32, 3);                 /* [0] enabled, [1] the daemon's own tgid, [2] scoped */
+/* Two configurations of the policy (hook i's at i and NHOOKS + i, their
+ * selectors and values keyed alike): the daemon writes the one not in force,
+ * then switches settings[0], so that a change of values needs no new programs
+ * and each event is judged by one configuration, old or new. */
+BPF_ARRAY(hooks, struct hook_conf, NHOOKS * 2);
+BPF_ARRAY(selectors, struct selector_conf, NHOOKS * 2 * MAX_SELECTORS);
+BPF_ARRAY(settings, u32, 3);   /* [0] 0: disabled, else the configuration in force + 1;
+                                * [1] the daemon's own tgid, [2] scoped */
 /* A scoped policy (namespaced, podSelector, containerSelector) applies only to
  * processes whose cgroup v2, or one of its ancestors, is here: its containers
  * and pods, kept current by the daemon (tetrad/policy/scope.py).  A pod's
@@ -1002,8 +1009,8 @@ static __always_inline int stage_start(void *ctx, int run)
     struct scratch *s = get_scratch();
     if (!s)
         return 0;
-    u32 slot = s->slot;
-    struct hook_conf *hc = hooks.lookup(&slot);
+    u32 slot = s->slot, conf = s->conf;
+    struct hook_conf *hc = hooks.lookup(&conf);
     if (!hc)
         return 0;
     /* here, not in each hook's entry point: one copy of the walk per program type;
@@ -1045,6 +1052,7 @@ static __always_inline int stage_start(void *ctx, int run)
     __builtin_memset(r, 0, RECORD_FIXED);
     r->h.type = RECORD_POLICY;
     r->hook = slot;
+    r->flags = conf >= NHOOKS ? RECF_CONF1 : 0;
     r->pid = pid_tgid >> 32;
     r->tid = (u32)pid_tgid;
     r->ret = ret;
@@ -1064,8 +1072,8 @@ static __always_inline int stage_arg(void *ctx, int run)
     struct scratch *s = get_scratch();
     if (!s)
         return 0;
-    u32 slot = s->slot;
-    struct hook_conf *hc = hooks.lookup(&slot);
+    u32 conf = s->conf;
+    struct hook_conf *hc = hooks.lookup(&conf);
     if (!hc)
         return 0;
     u32 p = s->next;
@@ -1103,12 +1111,12 @@ static __always_inline int stage_select(void *ctx, int run)
     struct scratch *s = get_scratch();
     if (!s)
         return 0;
-    u32 slot = s->slot;
-    struct hook_conf *hc = hooks.lookup(&slot);
+    u32 conf = s->conf;
+    struct hook_conf *hc = hooks.lookup(&conf);
     u32 k = s->next;
     if (!hc || k >= MAX_SELECTORS || k >= hc->nselectors)
         return 0;   /* no selector matched: no event */
-    u32 idx = slot * MAX_SELECTORS + k;
+    u32 idx = conf * MAX_SELECTORS + k;
     struct selector_conf *sc = selectors.lookup(&idx);
     if (!sc)
         return 0;
@@ -1136,11 +1144,11 @@ static __always_inline int stage_rest(void *ctx, int run)
     struct scratch *s = get_scratch();
     if (!s)
         return 0;
-    u32 slot = s->slot;
+    u32 conf = s->conf;
     u32 k = s->next;
     if (k >= MAX_SELECTORS)
         return 0;
-    u32 idx = slot * MAX_SELECTORS + k;
+    u32 idx = conf * MAX_SELECTORS + k;
     struct selector_conf *sc = selectors.lookup(&idx);
     if (!sc)
         return 0;
@@ -1159,10 +1167,13 @@ int tp_start(void *ctx) { return stage_start(ctx, RUN_TP); }
 int tp_arg(void *ctx) { return stage_arg(ctx, RUN_TP); }
 int tp_select(void *ctx) { return stage_select(ctx, RUN_TP); }
 int tp_rest(void *ctx) { return stage_rest(ctx, RUN_TP); }
+/* The kprobe/uprobe programs double the compile: only where a policy uses them. */
+#ifdef KPROBE_PROGRAMS
 int kp_start(struct pt_regs *ctx) { return stage_start(ctx, RUN_KP); }
 int kp_arg(struct pt_regs *ctx) { return stage_arg(ctx, RUN_KP); }
 int kp_select(struct pt_regs *ctx) { return stage_select(ctx, RUN_KP); }
 int kp_rest(struct pt_regs *ctx) { return stage_rest(ctx, RUN_KP); }
+#endif
 
 /* Raw argument i (0..5) of the hooked call, read alone, as read_raw_args
  * reads them all.  `run` is a constant in each program: a tracepoint program
@@ -1218,24 +1229,32 @@ static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int run)
     u64 pid_tgid = bpf_get_current_pid_tgid();
     if (!enabled || !*enabled || !self || *self == (pid_tgid >> 32))
         return 0;
-    struct hook_conf *hc = hooks.lookup(&slot);
+    u32 conf = *enabled == 2 ? slot + NHOOKS : slot;   /* read once: the event's configuration */
+    struct hook_conf *hc = hooks.lookup(&conf);
     if (!hc || nothing_to_do(ctx, hc, slot, phase, pid_tgid, run))
         return 0;
     struct scratch *s = get_scratch();
     if (!s)
         return 0;
     s->slot = slot;
+    s->conf = conf;
     s->phase = phase;
     next_stage(ctx, run, STAGE_START);
     return 0;   /* reached only if the tail call failed: allow */
 }
 
 /* Each slot's entry points: hook<n>_* for tracepoints, khook<n>_* for kprobes and uprobes. */
+#ifdef KPROBE_PROGRAMS
+#define KHOOK(n) \
+    int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_KP); } \
+    int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_KP); }
+#else
+#define KHOOK(n)
+#endif
 #define HOOK(n) \
     int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_TP); } \
     int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_TP); } \
-    int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_KP); } \
-    int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_KP); }
+    KHOOK(n)
 
 HOOK(0)
 #if NHOOKS > 1

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import Daemon
-from policytools import WORKLOAD_PYTHON, int_args, kprobe_events, status, wait_policies
+from policytools import WORKLOAD_PYTHON, int_args, kprobe_events, settle, status, wait_policies
 
 POLICY = """apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
@@ -149,7 +149,103 @@ def test_unchanged_policy_is_left_alone_and_sighup_reloads(d):
             time.sleep(0.1)
         assert "reloaded" in d.log_text()
         assert d.log_text().count("policy steady loaded") == 1   # unchanged: not reloaded
-        assert d.log_text().count("policy other loaded") == 2
+        assert d.log_text().count("policy other loaded") == 1
+        assert d.log_text().count("policy other changed in place") == 1   # a new value: same programs
     finally:
         workload.kill()
         workload.wait()
+
+
+SEQUENCE_BASE = 3000000
+SEQUENCE_LOOP = """
+import os, sys, time
+stop = sys.argv[1]
+i = 0
+while not os.path.exists(stop):
+    try:
+        os.getpgid(%d + i)
+    except OSError:
+        pass
+    i += 1
+    time.sleep(0.002)
+""" % SEQUENCE_BASE
+
+SEQUENCE_POLICY = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: sequence
+spec:
+  kprobes:
+  - call: sys_getpgid
+    syscall: true
+    message: {message}
+    args:
+    - index: 0
+      type: int
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: InRange
+        values: ["{low}:{high}"]
+{more}"""
+GETSID_HOOK = """  - call: sys_getsid
+    syscall: true
+    args:
+    - index: 0
+      type: int
+"""
+
+
+def _prog_ids(pid: int) -> set[int]:
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            ids |= {int(line.split()[1]) for line in open(f"/proc/{pid}/fdinfo/{fd}") if line.startswith("prog_id:")}
+        except OSError:
+            pass
+    return ids
+
+
+def test_a_change_of_values_keeps_the_programs_and_every_event(d, tmp_path):
+    """A workload numbers its calls; the policy's values change while it
+    runs: the daemon's programs stay the same, the new values judge at once,
+    and every call has exactly one event, judged by the old values or the new."""
+    stop = tmp_path / "stop"
+    workload = subprocess.Popen([WORKLOAD_PYTHON, "-c", SEQUENCE_LOOP, str(stop)])
+    path = d.policy_dir / "sequence.yaml"
+    try:
+        def put(text):
+            tmp = d.policy_dir / ".sequence.tmp"
+            tmp.write_text(text)
+            os.rename(tmp, path)
+
+        put(SEQUENCE_POLICY.format(message="old", low=SEQUENCE_BASE, high=SEQUENCE_BASE + 999999, more=""))
+        _first_event_after(d, workload.pid, "old", time.monotonic())
+        programs = _prog_ids(d.proc.pid)
+        time.sleep(0.3)
+        put(SEQUENCE_POLICY.format(message="new", low=SEQUENCE_BASE - 1, high=SEQUENCE_BASE + 999998, more=""))
+        _first_event_after(d, workload.pid, "new", time.monotonic())
+        assert _prog_ids(d.proc.pid) == programs, "a change of values replaced the programs"
+        assert "policy sequence changed in place" in d.log_text()
+        time.sleep(0.3)
+        # a new hook needs programs of its own: the test can tell
+        put(SEQUENCE_POLICY.format(message="hooks", low=SEQUENCE_BASE, high=SEQUENCE_BASE + 999999,
+                                   more=GETSID_HOOK))
+        _first_event_after(d, workload.pid, "hooks", time.monotonic())
+        assert _prog_ids(d.proc.pid) != programs
+        time.sleep(0.3)
+    finally:
+        stop.touch()
+        workload.wait(10)
+    events = settle(d)
+    rank = {"old": 0, "new": 1, "hooks": 2}
+    seen = sorted(((b["args"][0]["int_arg"] - SEQUENCE_BASE, b["message"])
+                   for b in kprobe_events(events, workload.pid) if b.get("message") in rank),
+                  key=lambda x: (x[0], rank[x[1]]))
+    numbers = [n for n, _ in seen]
+    assert set(range(numbers[0], numbers[-1] + 1)) <= set(numbers), "calls without an event"
+    before_hooks = [n for n, m in seen if m != "hooks"]
+    assert len(before_hooks) == len(set(before_hooks)), "calls with two events"
+    # old, then new, then hooks, in the order of the calls
+    order = [rank[m] for _, m in seen]
+    assert order == sorted(order)

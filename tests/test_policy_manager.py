@@ -97,3 +97,122 @@ def test_duplicate_names_are_an_error(manager, tmp_path):
     states = {p["file"]: (p["state"], p.get("error", "")) for p in manager.list()}
     assert states["a.yaml"][0] == "loaded"
     assert states["b.yaml"][0] == "error" and "a policy named 'api-a' is already loaded from a.yaml" in states["b.yaml"][1]
+
+
+MESSAGE_POLICY = POLICY.replace("    syscall: true\n", "    syscall: true\n    message: {message}\n")
+SID_HOOK = """  - call: sys_getsid
+    syscall: true
+    args:
+    - index: 0
+      type: int
+"""
+
+
+def prog_ids(program) -> set[int]:
+    return {int(line.split()[1]) for fn in program.bpf.funcs.values()
+            for line in open(f"/proc/self/fdinfo/{fn.fd}") if line.startswith("prog_id:")}
+
+
+def test_a_changed_value_is_switched_in_on_the_same_programs(manager, tmp_path):
+    m = manager
+    path = tmp_path / "dir" / "a.yaml"
+    path.write_text(MESSAGE_POLICY.format(name="api-a", value=6101, message="first"))
+    m.reload()
+    program = m.entries[0].program
+    ids = prog_ids(program)
+    assert ids and len(calls(m, 6101)) == 1
+
+    # a record judged by the old configuration, still queued when the new one comes in
+    child = subprocess.Popen(["/usr/bin/python3", "-c", "import os\ntry:\n os.getpgid(6101)\nexcept OSError: pass"])
+    child.wait(30)
+    path.write_text(MESSAGE_POLICY.format(name="api-a", value=6104, message="second"))
+    m.reload()
+    [a] = m.list()
+    assert a["state"] == "loaded" and m.entries[0].program is program and prog_ids(program) == ids
+    assert len(calls(m, 6104)) == 1 and calls(m, 6101) == []
+    by_child = {e["process_kprobe"]["process"]["pid"]: e["process_kprobe"]["message"] for e in m.got}
+    assert by_child[child.pid] == "first"   # rendered as the policy that judged it said
+    assert [e["process_kprobe"]["message"] for e in m.got][-1] == "second"
+
+    # and back: the first configuration's slots are written afresh
+    path.write_text(MESSAGE_POLICY.format(name="api-a", value=6105, message="third"))
+    m.reload()
+    assert m.entries[0].program is program and prog_ids(program) == ids
+    assert len(calls(m, 6105)) == 1 and calls(m, 6101) == [] and calls(m, 6104) == []
+
+    # another hook: programs of its own, the old ones closed
+    path.write_text(MESSAGE_POLICY.format(name="api-a", value=6105, message="fourth") + SID_HOOK)
+    m.reload()
+    assert m.entries[0].program is not program and prog_ids(m.entries[0].program).isdisjoint(ids)
+    assert program.bpf.funcs == {}
+    assert len(calls(m, 6105)) == 1
+
+
+def test_the_watcher_tells_a_file_being_written_from_a_whole_change(tmp_path):
+    from tetrad.policy.inotify import DirectoryWatcher
+    w = DirectoryWatcher(str(tmp_path))
+    try:
+        with open(tmp_path / "p.yaml", "w") as f:
+            f.write("kind: Tracing")
+            f.flush()
+            assert w.drain() and not w.complete()   # created and written, not closed yet
+        assert w.drain() and w.complete()
+        with open(tmp_path / ".p.yaml.swp", "w") as f:   # hidden: no policy of its own
+            f.write("x")
+            f.flush()
+            assert w.drain() and w.complete()
+            os.rename(tmp_path / ".p.yaml.swp", tmp_path / "q.yaml")   # whole at once
+            assert w.drain() and w.complete()
+        with open(tmp_path / "r.json", "w") as f:
+            f.write("{")
+            f.flush()
+            assert w.drain() and not w.complete()
+            w.settled()   # the directory was read meanwhile: later events decide
+            assert w.complete()
+        (tmp_path / "p.yaml").unlink()
+        assert w.drain() and w.complete()
+    finally:
+        w.close()
+
+
+def test_a_change_the_maps_cannot_hold_beside_the_old_one_loads_anew(manager, tmp_path):
+    """str_eq holds 1024 strings: a policy of 600 cannot have two configurations
+    there, so a change of one value gets programs of its own, and still works."""
+    def policy(first: str) -> str:
+        binaries = [first] + [f"/nonexistent/bin{i}" for i in range(600)] + ["/usr/bin/python3", "/usr/bin/python3.11"]
+        return (POLICY.format(name="api-a", value=6101)
+                + "      matchBinaries:\n      - operator: In\n        values: [" + ", ".join(f'"{b}"' for b in binaries) + "]\n")
+
+    path = tmp_path / "dir" / "a.yaml"
+    path.write_text(policy("/nonexistent/first"))
+    manager.reload()
+    program = manager.entries[0].program
+    assert len(calls(manager, 6101)) == 1
+    path.write_text(policy("/nonexistent/second"))
+    manager.reload()
+    [a] = manager.list()
+    assert a["state"] == "loaded" and manager.entries[0].program is not program
+    assert program.bpf.funcs == {}   # the old programs are closed
+    assert len(calls(manager, 6101)) == 1
+
+
+def test_where_bcc_cannot_share_programs_each_policy_is_compiled(manager, tmp_path, monkeypatch, caplog):
+    """A BCC whose libbcc lacks what instances need: policies load as before,
+    each with a compile of its own, and the daemon says so once."""
+    from bcc import BPF
+
+    from tetrad import bpf_template
+
+    def lacking():
+        raise bpf_template.TemplateError("libbcc has no bpf_num_tables")
+
+    monkeypatch.setattr(bpf_template, "_libbcc", lacking)
+    manager.templates = bpf_template.TemplateCache()
+    (tmp_path / "dir" / "b.yaml").write_text(POLICY.format(name="api-b", value=6106))
+    (tmp_path / "dir" / "c.yaml").write_text(POLICY.format(name="api-c", value=6107))
+    manager.reload()
+    assert [p["state"] for p in manager.list()] == ["loaded"] * 3
+    for e in manager.entries[1:]:
+        assert type(e.program.bpf) is BPF and e.program.compile_s > 0
+    assert len(calls(manager, 6106)) == 1 and len(calls(manager, 6107)) == 1
+    assert caplog.text.count("BCC cannot make instances of a compiled program") == 1

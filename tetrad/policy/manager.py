@@ -7,8 +7,12 @@ custom resources of Kubernetes mode) and `workloads_changed()` (containers
 came or went: scoped policies follow them, see scope.py).  The directory is
 watched with inotify and re-read on SIGHUP (`reload()`); a file whose content
 did not change keeps its programs attached, so the events of unchanged
-policies never stop.  A replaced policy's new programs are attached before
-the old ones are closed.
+policies never stop.  A changed policy whose hooks attach where they did
+keeps its programs too: its new configuration is switched in at once (see
+PolicyProgram.reconfigure), nothing is detached, no event is lost or
+doubled.  Otherwise its new programs are attached before the old ones are
+closed.  New programs are instances of a compiled template (see
+tetrad/bpf_template.py), so only a daemon's first policy waits for clang.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bpf_template import TemplateCache
 from ..enforce import devices as enforce_dev
 from ..enforce import network as enforce_net
 from ..enforce.devcgroup import DeviceEnforcer
@@ -34,14 +39,14 @@ from .inbox import Inbox
 from .inotify import DirectoryWatcher
 from .loader import PolicyError
 from .model import Policy
-from .program import PolicyProgram, ProgramError
+from .program import CONFIGURATIONS, PolicyProgram, ProgramError
 from .scope import Scope, scope_of
 
 log = logging.getLogger("tetrad.policy")
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
-SETTLE_S = 0.15   # wait for a burst of inotify events (an editor's save) to end
+SETTLE_S = 0.15   # a file still being written: wait until its writes have stopped this long
 MODE_OPTION = "policy-mode"
 MODES = ("enforce", "monitor")
 ENFORCING_ACTIONS = ("Sigkill", "Signal", "Override")
@@ -164,10 +169,11 @@ class PolicyManager:
         self.dev_enforcer: DeviceEnforcer | None = None
         self._dev_slot_owner: dict[int, tuple[Entry, object]] = {}
         self._modes: dict[str, str] = {}      # set-mode, over the policy's own option
-        self._entry_of: dict[int, Entry] = {}
+        # per program, per configuration (PolicyProgram.conf): whose records they are
+        self._routes: dict[int, list[tuple[Entry, PolicyEvents] | None]] = {}
+        self.templates = TemplateCache()
         self.watcher: DirectoryWatcher | None = None
         self._dirty_since: float | None = None
-        self._builders: dict[int, PolicyEvents] = {}
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -186,6 +192,7 @@ class PolicyManager:
         for e in self.entries:
             self._unload(e)
         self.entries = []
+        self.templates.close()
         if self.enforcer is not None:
             self.poller.unregister(self.enforcer.fileno())
             self.enforcer.close()   # its BPF links go with it: nothing stays blocked
@@ -200,12 +207,15 @@ class PolicyManager:
 
     def _on_inotify(self) -> None:
         if self.watcher.drain():
-            self._dirty_since = time.monotonic()
+            # whole changes (a rename into place, a closed file, a delete) at
+            # once; a file still being written once it has been left alone
+            self._dirty_since = time.monotonic() - (SETTLE_S if self.watcher.complete() else 0)
 
     def tick(self) -> None:
         """Called from the daemon's loop: apply directory changes once they settle."""
         if self._dirty_since is not None and time.monotonic() - self._dirty_since >= SETTLE_S:
             self._dirty_since = None
+            self.watcher.settled()
             self.watcher.rewatch()
             self.reload()
 
@@ -427,28 +437,33 @@ class PolicyManager:
         return entry
 
     def _replace(self, entries: list[Entry]) -> None:
-        """Make `entries` the loaded set: attach the new ones, then drop what went away."""
+        """Make `entries` the loaded set: attach the new ones (a policy that
+        changed may take over its old programs), then drop what went away."""
+        def key(e: Entry) -> tuple:
+            return (e.policy.namespace if e.policy.kind == "TracingPolicyNamespaced" else "", e.name)
+
+        current = {id(e) for e in entries}
+        leaving = {key(e): e for e in self.entries if id(e) not in current and e.program is not None}
         seen: dict[tuple, Entry] = {}
         for e in entries:
             if e.policy is None or e.error:
                 continue
-            key = (e.policy.namespace if e.policy.kind == "TracingPolicyNamespaced" else "", e.name)
-            if key in seen and seen[key] is not e:
+            if key(e) in seen and seen[key(e)] is not e:
                 e.error = (f"{e.policy.where}: metadata.name: a policy named {e.name!r} is already "
-                           f"loaded from {seen[key].file}")
+                           f"loaded from {seen[key(e)].file}")
                 log.error("policy rejected: %s", e.error)
                 continue
-            seen[key] = e
+            seen[key(e)] = e
             if not e.loaded:
-                self._load(e)
-        current = {id(e) for e in entries}
+                self._load(e, leaving.pop(key(e), None))
         for old in self.entries:
             if id(old) not in current:
                 self._unload(old)
                 log.info("policy %s (%s) unloaded", old.name or "?", old.file)
         self.entries = entries
 
-    def _load(self, e: Entry) -> None:
+    def _load(self, e: Entry, previous: Entry | None = None) -> None:
+        """Load `e`, on the programs of `previous` (the same policy as it was) where they fit."""
         started = time.monotonic()
         if e.scope is not None:   # in force from the first event on
             e.scope_ids = e.scope.cgroup_ids(self.workloads())
@@ -467,34 +482,62 @@ class PolicyManager:
             log.info("policy %s loaded from %s (%s mode): %d cgroup BPF rule(s)", e.name, e.file,
                      e.mode, len(e.net_rules) + len(e.dev_rules))
             return
-        try:
-            program = PolicyProgram(e.policy, e.plans, self.macros, self.rb_pages,
-                                    self.features.tracefs or "/sys/kernel/tracing", self.procfs)
+        reused = self._take_over(previous, e)
+        if reused:
+            program = previous.program
+            previous.program = None   # e's now: unloading `previous` leaves it alone
+        else:
             try:
-                if e.scope is not None:
-                    program.set_scope(e.scope_ids)
-                program.load()
-                program.open(self._on_record)
-            except Exception:
-                program.close()
-                raise
-        except Exception as err:   # BCC raises bare Exception; a bad policy must not stop the daemon
-            if not isinstance(err, (ProgramError, OSError, ValueError, KeyError)):
-                err = ProgramError(" ".join(str(err).split()))
-            e.error = f"{e.policy.where}: {err}"
-            log.error("policy %s not loaded: %s", e.name, e.error)
-            self._release_slots(e)
-            return
+                program = PolicyProgram(e.policy, e.plans, self.macros, self.rb_pages,
+                                        self.features.tracefs or "/sys/kernel/tracing", self.procfs,
+                                        self.templates)
+                try:
+                    if e.scope is not None:
+                        program.set_scope(e.scope_ids)
+                    program.open(self._on_record)
+                    program.load()   # judges from here on ...
+                    if previous is not None and previous.program is not None:
+                        previous.program.set_enabled(False)   # ... and the old programs no more
+                except Exception:
+                    program.close()
+                    raise
+            except Exception as err:   # BCC raises bare Exception; a bad policy must not stop the daemon
+                if not isinstance(err, (ProgramError, OSError, ValueError, KeyError)):
+                    err = ProgramError(" ".join(str(err).split()))
+                e.error = f"{e.policy.where}: {err}"
+                log.error("policy %s not loaded: %s", e.name, e.error)
+                self._release_slots(e)
+                return
+            self._routes[id(program)] = [None] * CONFIGURATIONS
+            self.poller.register(program.fileno(), program.consume)
         e.program = program
         e.loaded = True
-        self._entry_of[id(program)] = e
-        self._builders[id(program)] = PolicyEvents(e.policy, self.builder, self.cache, self.sync_processes)
-        self.poller.register(program.fileno(), program.consume)
-        log.info("policy %s loaded from %s in %.2fs: %s", e.name, e.file, time.monotonic() - started,
+        self._routes[id(program)][program.conf] = (
+            e, PolicyEvents(e.policy, self.builder, self.cache, self.sync_processes))
+        log.info("policy %s %s from %s in %.2fs: %s", e.name,
+                 "changed in place" if reused else "loaded", e.file, time.monotonic() - started,
                  "; ".join(f"{h.kind} {h.name} -> {p.describe()}" for h, p in zip(e.policy.hooks, e.plans)))
         if e.scope is not None:
             log.info("policy %s applies only to %s: %d cgroup(s) now", e.name,
                      e.scope.describe(), len(e.scope_ids))
+
+    def _take_over(self, previous: Entry | None, e: Entry) -> bool:
+        """Whether `e` now runs on the programs of `previous` (reconfigured)."""
+        if previous is None or previous.program is None:
+            return False
+        program = previous.program
+        try:
+            # what the configuration about to be overwritten judged is rendered by its route first
+            program.consume()
+            if not program.reconfigure(e.policy, e.plans):
+                return False
+        except Exception as err:   # e.g. a full value map: new programs instead
+            log.info("policy %s: cannot change it in place (%s); loading it anew", e.name,
+                     " ".join(str(err).split()))
+            return False
+        program.set_scope(e.scope_ids if e.scope is not None else None)
+        program.set_enabled(e.enabled)
+        return True
 
     def _unload(self, e: Entry) -> None:
         self._release_slots(e)
@@ -506,24 +549,26 @@ class PolicyManager:
             e.program.consume()   # what the kernel already queued still counts
         except Exception:
             pass
-        self._builders.pop(id(e.program), None)
-        self._entry_of.pop(id(e.program), None)
+        self._routes.pop(id(e.program), None)
         e.program.close()
         e.program = None
 
     def _on_record(self, program: PolicyProgram, raw: bytes) -> None:
-        builder = self._builders.get(id(program))
-        if builder is None:
+        routes = self._routes.get(id(program))
+        if routes is None:
             return
         try:
-            kind, event = builder.build(decode(raw))
+            rec = decode(raw)
+            route = routes[program.conf_of(rec.flags)]   # the configuration that judged it
+            if route is None:
+                raise ValueError("record of a configuration never loaded")
+            entry, builder = route
+            kind, event = builder.build(rec)
         except (IndexError, ValueError) as err:
             self.counts["decode_errors"] += 1
             log.debug("undecodable policy record: %s", err)
             return
-        entry = self._entry_of.get(id(program))
-        if entry is not None and entry.monitored:
-            rec = decode(raw)
+        if entry.monitored:
             not_taken = entry.monitored.get((rec.hook, rec.selector - 1))   # rec.selector counts from 1
             if not_taken:
                 body = event[kind]

@@ -1,10 +1,20 @@
-"""One loaded policy: bpf/policy.c compiled for its number of hooks, its maps
-filled from the policy (tetrad/policy/hooks.py says where each hook attaches),
-its programs attached, and its own ring buffer.
+"""One loaded policy: an instance of bpf/policy.c, its maps filled from the
+policy (tetrad/policy/hooks.py says where each hook attaches), its programs
+attached, and its own ring buffer.
 
 Everything a selector compares against lives in maps, keyed by a "slot"
 number derived from (hook, selector, match): bpf/policy.c computes the same
-numbers.  Nothing of the policy is compiled into the C.
+numbers.  Nothing of the policy is compiled into the C, so policies of one
+shape (4 or 16 hook slots, kprobe programs or not, the same lsmhooks) are
+instances of one compiled template (see tetrad/bpf_template.py): only the
+first of them waits for clang.
+
+The maps hold two configurations.  `reconfigure()` writes a changed policy
+into the one not in force and then switches: a change that keeps every hook
+where it is attached (values, operators, selectors, actions, argument
+types, messages) keeps the programs, their attachments and their state
+(followed fds, saved entries), and each event is judged by the old
+configuration or the new one, never by a mix.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from ..bpf_loader import compile_program
+from ..bpf_template import TemplateCache, TemplateError
 from . import hooks as hooks_mod
 from . import follow, lsm
 from .hooks import ENTER, EXIT, Plan
@@ -26,6 +37,7 @@ from .validate import parse_rate_limit
 log = logging.getLogger("tetrad.policy")
 
 MAX_HOOKS = 16
+HOOK_CLASSES = (4, MAX_HOOKS)   # a template's number of hook slots: the compile grows with it
 MAX_SELECTORS = 5
 POS_RET = 5
 
@@ -65,6 +77,14 @@ FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10}
 PROTOCOLS = {"IPPROTO_ICMP": 1, "IPPROTO_TCP": 6, "IPPROTO_UDP": 17, "IPPROTO_RAW": 255}
 STRING_CLASSES = {9, 10, 11, 12, 13}
 SOCK_CLASSES = {14, 15}
+CONFIGURATIONS = 2      # bpf/policy.c: hooks, selectors and values twice, settings[0] says which
+MATCH_SLOTS = 8         # value slots per selector (matchArgs, matchReturnArgs, binaries, parents)
+PID_SLOTS = 2           # pid_set slots per selector
+MAX_ACTIONS = 3         # rate_last slots per selector
+RECF_CONF1 = 2          # bpf/policy.c: the record was judged by configuration 1
+# the maps keyed by a selector's slots: (name, slots per selector)
+SLOT_MAPS = (("str_eq", MATCH_SLOTS), ("str_prefix", MATCH_SLOTS), ("str_postfix", MATCH_SLOTS),
+             ("addr_trie", MATCH_SLOTS), ("pid_set", PID_SLOTS), ("rate_last", MAX_ACTIONS))
 
 
 class ProgramError(Exception):
@@ -136,11 +156,27 @@ def host_ns(name: str, procfs: str = "/proc") -> int:
         return os.stat(f"/proc/self/ns/{ns}").st_ino
 
 
+def attachment(policy: Policy, plans: list[Plan]) -> tuple:
+    """Where a policy's programs attach, hook by hook: two policies with the
+    same can share programs (PolicyProgram.reconfigure)."""
+    return tuple((h.kind, h.name, h.binary, h.symbol, p.backend, tuple(p.attach))
+                 for h, p in zip(policy.hooks, plans))
+
+
+def follows_children(policy: Policy) -> bool:
+    """Whether a selector has matchBinaries/matchParentBinaries followChildren."""
+    return any(b.get("followChildren") for h in policy.hooks for sel in h.selectors
+               for key in ("matchBinaries", "matchParentBinaries") for b in sel.get(key) or ())
+
+
 class PolicyProgram:
     """The BPF side of one policy.  `on_record(policy_program, bytes)` gets each record."""
 
     def __init__(self, policy: Policy, plans: list[Plan], macros: dict, rb_pages: int,
-                 tracefs: str, procfs: str = "/proc"):
+                 tracefs: str, procfs: str = "/proc", templates: TemplateCache | None = None):
+        """With `templates`, an instance of the template for this program
+        (compiled if it is the first); without, or where this BCC cannot make
+        instances, a compile of its own."""
         if len(policy.hooks) > MAX_HOOKS:
             raise ProgramError(f"{len(policy.hooks)} hooks; tetrad loads at most {MAX_HOOKS} per policy")
         self.policy = policy
@@ -155,16 +191,36 @@ class PolicyProgram:
         for i, (slot, hook) in enumerate(self.lsm_hooks):
             lsm_macros[f"LSM_HOOK_{i}"], lsm_macros[f"LSM_SLOT_{i}"] = hook.name, slot
         self._lsm_fds: list[int] = []   # LSM programs and their links, closed by close()
-        follow_macros = {"FOLLOW_CHILDREN": 1} if any(
-            b.get("followChildren") for h in policy.hooks for sel in h.selectors
-            for key in ("matchBinaries", "matchParentBinaries") for b in sel.get(key) or ()) else {}
-        try:
-            self.bpf = compile_program("policy.c", {**macros, **lsm_macros, **follow_macros,
-                                                    "RB_PAGES": rb_pages,
-                                                    "NHOOKS": max(1, len(policy.hooks))})
-        except Exception as e:
-            raise ProgramError(f"BPF compile failed: {e}") from e
-        self.compile_s = time.monotonic() - started
+        self.needs_kprobe_programs = any(p.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
+                                         for p in plans)
+        if self.needs_kprobe_programs:
+            macros = {**macros, "KPROBE_PROGRAMS": 1}
+        self.follows_children = follows_children(policy)
+        if self.follows_children:
+            macros = {**macros, "FOLLOW_CHILDREN": 1}
+        self.bpf = None
+        if templates is not None:
+            # sizes in a few classes, so that policies share templates
+            self.nhooks = next(n for n in HOOK_CLASSES if n >= len(policy.hooks))
+            try:
+                self.bpf, self.compile_s = templates.instance(
+                    "policy.c", {**macros, **lsm_macros, "RB_PAGES": rb_pages, "NHOOKS": self.nhooks})
+            except TemplateError:   # said once by the cache: compiled below
+                pass
+            except OSError as e:   # its maps
+                raise ProgramError(str(e)) from e
+            except Exception as e:
+                raise ProgramError(f"BPF compile failed: {e}") from e
+        if self.bpf is None:
+            self.nhooks = max(1, len(policy.hooks))
+            try:
+                self.bpf = compile_program("policy.c", {**macros, **lsm_macros, "RB_PAGES": rb_pages,
+                                                        "NHOOKS": self.nhooks})
+            except Exception as e:
+                raise ProgramError(f"BPF compile failed: {e}") from e
+            self.compile_s = time.monotonic() - started
+        self.conf = 0          # the configuration in force
+        self.enabled = False   # until load() is done
         self._cb = None
         self._budget = CONSUME_BUDGET
 
@@ -175,13 +231,10 @@ class PolicyProgram:
         settings = self.bpf["settings"]
         settings[ctypes.c_int(0)] = ctypes.c_uint32(0)
         settings[ctypes.c_int(1)] = ctypes.c_uint32(os.getpid())
-        needs_kprobe_runner = False
         # followChildren sections, in the order of their bits: (string-set slot, listed binaries)
         self._follow: list[tuple[int, frozenset[str]]] = []
-        for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
-            self._configure_hook(slot, hook, plan)
-            needs_kprobe_runner |= plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
-        kinds = [("tp", BPF.TRACEPOINT)] + ([("kp", BPF.KPROBE)] if needs_kprobe_runner else [])
+        self._configure(self.policy, self.plans, self.conf)
+        kinds = [("tp", BPF.TRACEPOINT)] + ([("kp", BPF.KPROBE)] if self.needs_kprobe_programs else [])
         for prefix, ptype in kinds:
             runners = self.bpf[f"{prefix}_runners"]
             for i, stage in enumerate(RUNNER_STAGES):
@@ -194,7 +247,41 @@ class PolicyProgram:
         for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
             if hook.kind != HOOK_LSM:
                 self._attach(slot, hook, plan)
-        settings[ctypes.c_int(0)] = ctypes.c_uint32(1)
+        self.set_enabled(True)
+
+    def reconfigure(self, policy: Policy, plans: list[Plan]) -> bool:
+        """Run `policy` on these programs if it attaches where they are
+        attached (False: it needs programs of its own).  Its configuration is
+        written next to the one in force, then put in force at once."""
+        if attachment(policy, plans) != attachment(self.policy, self.plans):
+            return False
+        if self.follows_children or follows_children(policy):
+            return False   # which processes are followed is the policy's, not a configuration's
+        new = 1 - self.conf
+        self._clear(new)
+        self._configure(policy, plans, new)
+        self.conf, self.policy, self.plans = new, policy, plans
+        if self.enabled:
+            self.set_enabled(True)
+        return True
+
+    def conf_of(self, record_flags: int) -> int:
+        """The configuration a record was judged by."""
+        return 1 if record_flags & RECF_CONF1 else 0
+
+    def _configure(self, policy: Policy, plans: list[Plan], conf: int) -> None:
+        for slot, (hook, plan) in enumerate(zip(policy.hooks, plans)):
+            self._configure_hook(slot + self.nhooks * conf, hook, plan)
+
+    def _clear(self, conf: int) -> None:
+        """Drop what configuration `conf` left in the slot-keyed maps (the
+        hooks and selectors arrays are overwritten whole)."""
+        per_conf = self.nhooks * MAX_SELECTORS
+        for name, per_selector in SLOT_MAPS:
+            table = self.bpf[name]
+            low, high = conf * per_conf * per_selector, (conf + 1) * per_conf * per_selector
+            for key in [k for k in table.keys() if low <= k.slot < high]:
+                del table[key]
 
     def _load_lsm(self, i: int, hook: Hook) -> None:
         """lsmhook i: its stages into its own program array, then its entry attached."""
@@ -233,7 +320,8 @@ class PolicyProgram:
             followed[key] = ctypes.c_uint64(bits | (old.value if old is not None else 0))
 
     def set_enabled(self, enabled: bool) -> None:
-        self.bpf["settings"][ctypes.c_int(0)] = ctypes.c_uint32(1 if enabled else 0)
+        self.bpf["settings"][ctypes.c_int(0)] = ctypes.c_uint32(self.conf + 1 if enabled else 0)
+        self.enabled = enabled
 
     def set_scope(self, cgroup_ids: set[int] | None) -> None:
         """Restrict the policy to processes of these cgroups (None: every
@@ -249,6 +337,7 @@ class PolicyProgram:
             del table[ctypes.c_uint64(cgid)]
 
     def _configure_hook(self, slot: int, hook: Hook, plan: Plan) -> None:
+        """Hook configuration `slot` (the hook's slot + NHOOKS * configuration)."""
         conf = self.bpf["hooks"].Leaf()
         kprobe_ctx = plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
         has_exit = any(phase == EXIT for _, _, phase in plan.attach)
@@ -361,7 +450,7 @@ class PolicyProgram:
         matches += [(POS_RET, m) for m in sel.get("matchReturnArgs") or ()]
         conf.nmatch = len(matches)
         for m, (pos, match) in enumerate(matches):
-            self._configure_match(conf.match[m], idx * 8 + m, pos, match, self._arg_type_at(hook, pos))
+            self._configure_match(conf.match[m], idx * MATCH_SLOTS + m, pos, match, self._arg_type_at(hook, pos))
         pids = sel.get("matchPIDs") or []
         conf.npids = len(pids)
         for i, p in enumerate(pids):
@@ -369,16 +458,16 @@ class PolicyProgram:
             c.op, c.follow_forks, c.ns_pid, c.present = OPS[p["operator"]], int(p.get("followForks", False)), \
                 int(p.get("isNamespacePID", False)), 1
             for pid in p.get("values") or ():
-                key = self.bpf["pid_set"].Key(idx * 2 + i, int(pid))
+                key = self.bpf["pid_set"].Key(idx * PID_SLOTS + i, int(pid))
                 self.bpf["pid_set"][key] = ctypes.c_uint8(1)
         for key, attr, m in (("matchBinaries", "bin", 6), ("matchParentBinaries", "pbin", 7)):
             entries = sel.get(key) or []
             if entries:
                 b = entries[0]
                 setattr(conf, f"{attr}_op", OPS[b["operator"]])
-                self._string_values(idx * 8 + m, b["operator"], b.get("values") or ())
+                self._string_values(idx * MATCH_SLOTS + m, b["operator"], b.get("values") or ())
                 if b.get("followChildren"):
-                    self._follow.append((idx * 8 + m, frozenset(b.get("values") or ())))
+                    self._follow.append((idx * MATCH_SLOTS + m, frozenset(b.get("values") or ())))
                     setattr(conf, f"{attr}_follow", len(self._follow))   # its bit + 1
         namespaces = sel.get("matchNamespaces") or []
         conf.nns = len(namespaces)
