@@ -66,21 +66,27 @@ def test_without_kprobes_other_functions_are_refused_with_every_reason():
         assert why in c.reason
 
 
-def test_the_engine_families_leave_fentry_out_and_say_so():
+def test_the_engine_attaches_fentry_where_kprobes_are_missing_and_when_forced():
     c = backends.choose(FENTRY_ONLY, "kprobe", "fd_install", families=backends.ENGINE_FAMILIES)
-    assert c.backend == "tracepoint" and "fentry" not in c.reason
-    forced = backends.choose(DISTRO, "kprobe", "fd_install", force="fentry", families=backends.ENGINE_FAMILIES)
-    assert forced.backend is None
-    assert forced.reason == "hook-backend=fentry forced, but tetrad's policy engine has no fentry backend yet"
+    assert c.backend == "fentry" and "kprobes missing here" in c.reason
+    forced = backends.choose(DISTRO, "kprobe", "sys_read", syscall=True, force="fentry",
+                             families=backends.ENGINE_FAMILIES)
+    assert (forced.backend, forced.target) == ("fentry", backends.syscall_function("read"))
+    assert backends.choose(DISTRO, "kprobe", "fd_install", families=backends.ENGINE_FAMILIES).backend == "kprobe"
+    # a caller that attaches fewer families is told so
+    narrow = backends.choose(DISTRO, "kprobe", "fd_install", force="fentry", families=("kprobe", "tracepoint"))
+    assert narrow.backend is None
+    assert narrow.reason == "hook-backend=fentry forced, but tetrad's policy engine has no fentry backend yet"
 
 
 @pytest.mark.parametrize("feats", [DISTRO, STRIPPED, FENTRY_ONLY], ids=["distro", "stripped", "fentry-only"])
-@pytest.mark.parametrize("force", ["auto", "kprobe", "tracepoint"])
+@pytest.mark.parametrize("force", ["auto", "kprobe", "fentry", "tracepoint"])
 def test_probe_preview_and_the_engine_plan_agree(feats, force):
     """`tetrad probe` (summary) and the policy engine (hooks.plan) make one decision."""
     from tetrad.policy import hooks
     from tetrad.policy.model import Arg, Hook
     engine_backend = {"kprobe": ("kprobe",), "kretprobe": ("kprobe",),
+                      "fentry": ("fentry",), "fexit": ("fentry",),
                       "tracepoint": ("syscall-tracepoints", "tracepoint-equivalent")}
     for c in backends.summary(feats, force=force):
         if c.kind not in ("kprobe", "kretprobe"):
@@ -88,12 +94,16 @@ def test_probe_preview_and_the_engine_plan_agree(feats, force):
         ret = Arg(0, "int") if c.kind == "kretprobe" else None
         hook = Hook("kprobe", c.name, "spec.kprobes[0]", syscall=c.name.startswith("sys_"), return_arg=ret)
         try:
-            planned = hooks.plan(hook, feats, force).backend
+            planned = hooks.plan(hook, feats, force)
         except hooks.PlanError as e:
             assert c.backend is None, f"{c}: the engine refused it: {e}"
             continue
         assert c.backend is not None, f"{c}: the engine planned {planned}"
-        assert planned in engine_backend[c.backend], (c, planned)
+        assert planned.backend in engine_backend[c.backend], (c, planned)
+        if planned.backend == "fentry":   # at the function probe shows, at the end it shows
+            [(kind, target, _)] = planned.attach
+            assert target == c.target
+            assert kind == ("fexit" if c.kind == "kretprobe" else "fentry"), (c, planned)
 
 
 def test_fentry_serves_when_kprobes_are_missing_but_only_for_btf_functions():

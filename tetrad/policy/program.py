@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from ..bpf_loader import compile_program
+from . import fentry
 from . import hooks as hooks_mod
 from . import lsm
 from .hooks import ENTER, EXIT, Plan
@@ -55,6 +56,7 @@ RUNNER_STAGES = ("start", "arg", "select", "rest")
 MAX_LSM_HOOKS = 4       # bpf/policy.c: each lsmhook has its own programs
 LSM_LETTERS = "abcd"    # lsmhook i's programs are ls<E|S|A|L|R><letter>_<hook>
 LSM_STAGE_PREFIX = "SALR"   # start, arg, select, rest
+MAX_FENTRY_GROUPS = 4   # bpf/policy.c: fentry hooks of one prototype and end share programs
 CONSUME_BUDGET = 4096   # records handled per wakeup of one ring buffer
 NAMESPACE_INDEX = {"Uts": 0, "Ipc": 1, "Mnt": 2, "Pid": 3, "PidForChildren": 4, "Net": 5,
                    "Time": 6, "TimeForChildren": 7, "Cgroup": 8, "User": 9}
@@ -155,14 +157,41 @@ class PolicyProgram:
         for i, (slot, hook) in enumerate(self.lsm_hooks):
             lsm_macros[f"LSM_HOOK_{i}"], lsm_macros[f"LSM_SLOT_{i}"] = hook.name, slot
         self._lsm_fds: list[int] = []   # LSM programs and their links, closed by close()
+        self.fentry_groups = self._fentry_groups(policy, plans)
+        self._fentry_fds: list[int] = []   # fentry/fexit programs and their links, likewise
         try:
-            self.bpf = compile_program("policy.c", {**macros, **lsm_macros, "RB_PAGES": rb_pages,
+            self.bpf = compile_program("policy.c", {**macros, **lsm_macros, **self._fentry_macros(),
+                                                    "RB_PAGES": rb_pages,
                                                     "NHOOKS": max(1, len(policy.hooks))})
         except Exception as e:
             raise ProgramError(f"BPF compile failed: {e}") from e
         self.compile_s = time.monotonic() - started
         self._cb = None
         self._budget = CONSUME_BUDGET
+
+    @staticmethod
+    def _fentry_groups(policy: Policy, plans: list[Plan]) -> list[list[int]]:
+        """The slots of fentry hooks, grouped by (function prototype, end): the hooks of
+        a group share one set of stage programs (a tracing program tail-calls only
+        programs of its own prototype)."""
+        groups: dict[tuple, list[int]] = {}
+        for slot, plan in enumerate(plans):
+            if plan.backend == hooks_mod.BACKEND_FENTRY:
+                groups.setdefault((plan.proto.proto_id, plan.attach[0][0]), []).append(slot)
+        if len(groups) > MAX_FENTRY_GROUPS:
+            raise ProgramError(f"its fentry/fexit hooks need {len(groups)} program sets (one per "
+                               f"function prototype and end); tetrad loads at most "
+                               f"{MAX_FENTRY_GROUPS} per policy")
+        return list(groups.values())
+
+    def _fentry_macros(self) -> dict:
+        if not self.fentry_groups:
+            return {}
+        out = {"FENTRY_GROUPS": len(self.fentry_groups)}
+        group_of = {slot: g for g, slots in enumerate(self.fentry_groups) for slot in slots}
+        for slot in range(len(self.policy.hooks)):
+            out[f"FENTRY_GROUP_{slot}"] = group_of.get(slot, MAX_FENTRY_GROUPS)
+        return out
 
     # -- configuration ------------------------------------------------------
     def load(self) -> None:
@@ -183,8 +212,10 @@ class PolicyProgram:
                 runners[ctypes.c_int(i)] = ctypes.c_int(fn.fd)
         for i, (slot, hook) in enumerate(self.lsm_hooks):
             self._load_lsm(i, hook)
+        for g, slots in enumerate(self.fentry_groups):
+            self._load_fentry(g, slots)
         for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
-            if hook.kind != HOOK_LSM:
+            if hook.kind != HOOK_LSM and plan.backend != hooks_mod.BACKEND_FENTRY:
                 self._attach(slot, hook, plan)
         settings[ctypes.c_int(0)] = ctypes.c_uint32(1)
 
@@ -203,6 +234,27 @@ class PolicyProgram:
         except OSError as e:
             raise ProgramError(f"{hook.path}.hook: {hook.name!r}: {e.strerror} "
                                f"(is bpf_lsm_{hook.name} a BPF LSM hook of this kernel?)") from e
+
+    def _load_fentry(self, g: int, slots: list[int]) -> None:
+        """fentry group g: its stages into its own program array (loaded as programs
+        of the group's first function), then each hook's entry attached."""
+        kind, function, _ = self.plans[slots[0]].attach[0]
+        at_exit = kind == "fexit"
+        slot = slots[0]
+        try:
+            runners = self.bpf[f"fentry_runners{g}"]
+            for n, stage in enumerate(LSM_STAGE_PREFIX):
+                fd = fentry.load(self.bpf, f"fe{stage}{g}", function, at_exit)
+                self._fentry_fds.append(fd)
+                runners[ctypes.c_int(n)] = ctypes.c_int(fd)
+            for slot in slots:
+                _, function, _ = self.plans[slot].attach[0]
+                entry = fentry.load(self.bpf, f"fhook{slot}_{'exit' if at_exit else 'enter'}", function, at_exit)
+                self._fentry_fds.append(entry)
+                self._fentry_fds.append(fentry.attach(entry))
+        except OSError as e:
+            hook = self.policy.hooks[slot]
+            raise ProgramError(f"{hook.path}: {kind} {function}: {e.strerror}") from e
 
     def set_enabled(self, enabled: bool) -> None:
         self.bpf["settings"][ctypes.c_int(0)] = ctypes.c_uint32(1 if enabled else 0)
@@ -229,7 +281,8 @@ class PolicyProgram:
         if has_exit and has_enter:
             conf.flags |= HOOKF_AT_EXIT
         conf.mode = plan.mode
-        gate = self._fd_gate(hook, plan) if has_enter else None
+        # the gate is checked at entry, or at the exit of a hook attached there alone (fexit)
+        gate = self._fd_gate(hook, plan) if has_enter or plan.backend == hooks_mod.BACKEND_FENTRY else None
         if gate is not None:
             conf.flags |= HOOKF_FD_GATE
             conf.fd_src = gate
@@ -266,7 +319,13 @@ class PolicyProgram:
             conf.tp_off[i], conf.tp_size[i], conf.tp_signed[i] = f.offset, min(f.size, 8), int(f.signed)
 
         points = {phase: target for kind, target, phase in plan.attach if kind == "tracepoint"}
-        if plan.backend == hooks_mod.BACKEND_TRACEPOINT:
+        if plan.backend == hooks_mod.BACKEND_FENTRY:
+            # the program's context: a u64 slot per argument, then (fexit) the return value
+            for i, (size, signed) in enumerate(plan.proto.params[:6]):
+                conf.tp_off[i], conf.tp_size[i], conf.tp_signed[i] = 8 * i, size, int(signed)
+            size, signed = plan.proto.ret
+            conf.ret_off, conf.ret_size, conf.ret_signed = 8 * len(plan.proto.params), size, int(signed)
+        elif plan.backend == hooks_mod.BACKEND_TRACEPOINT:
             fields = tracepoint_fields(self.tracefs, points[ENTER])
             for j, arg in enumerate(hook.args):
                 if arg.index >= len(fields):
@@ -483,7 +542,7 @@ class PolicyProgram:
         return sum(self.bpf["lost_records"][ctypes.c_int(0)])
 
     def close(self) -> None:
-        for fd in self._lsm_fds:   # closing the link detaches: nothing stays denied
+        for fd in self._lsm_fds + self._fentry_fds:   # closing the link detaches: nothing stays denied
             os.close(fd)
-        self._lsm_fds = []
+        self._lsm_fds, self._fentry_fds = [], []
         self.bpf.cleanup()
