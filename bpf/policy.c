@@ -1159,14 +1159,21 @@ static __always_inline int stage_rest(void *ctx, int run)
     return 0;
 }
 
+/* A policy none of whose hooks is a tracepoint (kprobe, uprobe) is compiled with
+ * WITHOUT_TP (WITHOUT_KP): each chain left out is a copy of the stages less to
+ * compile, which under the kernel lane's emulation is most of a policy's load time. */
+#ifndef WITHOUT_TP
 int tp_start(void *ctx) { return stage_start(ctx, RUN_TP); }
 int tp_arg(void *ctx) { return stage_arg(ctx, RUN_TP); }
 int tp_select(void *ctx) { return stage_select(ctx, RUN_TP); }
 int tp_rest(void *ctx) { return stage_rest(ctx, RUN_TP); }
+#endif
+#ifndef WITHOUT_KP
 int kp_start(struct pt_regs *ctx) { return stage_start(ctx, RUN_KP); }
 int kp_arg(struct pt_regs *ctx) { return stage_arg(ctx, RUN_KP); }
 int kp_select(struct pt_regs *ctx) { return stage_select(ctx, RUN_KP); }
 int kp_rest(struct pt_regs *ctx) { return stage_rest(ctx, RUN_KP); }
+#endif
 
 /* Raw argument i (0..5) of the hooked call, read alone, as read_raw_args
  * reads them all.  `run` is a constant in each program: a tracepoint program
@@ -1252,14 +1259,24 @@ static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int run)
 #define FENTRY_HOOK(n)
 #endif
 
+#ifndef WITHOUT_TP
+#define TP_HOOK(n) \
+    int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_TP); } \
+    int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_TP); }
+#else
+#define TP_HOOK(n)
+#endif
+#ifndef WITHOUT_KP
+#define KP_HOOK(n) \
+    int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_KP); } \
+    int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_KP); }
+#else
+#define KP_HOOK(n)
+#endif
+
 /* Each slot's entry points: hook<n>_* for tracepoints, khook<n>_* for kprobes and uprobes,
  * fhook<n>_* for fentry/fexit. */
-#define HOOK(n) \
-    int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_TP); } \
-    int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_TP); } \
-    int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_KP); } \
-    int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_KP); } \
-    FENTRY_HOOK(n)
+#define HOOK(n) TP_HOOK(n) KP_HOOK(n) FENTRY_HOOK(n)
 
 HOOK(0)
 #if NHOOKS > 1

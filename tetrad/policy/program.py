@@ -57,6 +57,7 @@ MAX_LSM_HOOKS = 4       # bpf/policy.c: each lsmhook has its own programs
 LSM_LETTERS = "abcd"    # lsmhook i's programs are ls<E|S|A|L|R><letter>_<hook>
 LSM_STAGE_PREFIX = "SALR"   # start, arg, select, rest
 MAX_FENTRY_GROUPS = 4   # bpf/policy.c: fentry hooks of one prototype and end share programs
+KPROBE_CTX_BACKENDS = (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)   # ctx: struct pt_regs
 CONSUME_BUDGET = 4096   # records handled per wakeup of one ring buffer
 NAMESPACE_INDEX = {"Uts": 0, "Ipc": 1, "Mnt": 2, "Pid": 3, "PidForChildren": 4, "Net": 5,
                    "Time": 6, "TimeForChildren": 7, "Cgroup": 8, "User": 9}
@@ -158,9 +159,14 @@ class PolicyProgram:
             lsm_macros[f"LSM_HOOK_{i}"], lsm_macros[f"LSM_SLOT_{i}"] = hook.name, slot
         self._lsm_fds: list[int] = []   # LSM programs and their links, closed by close()
         self.fentry_groups = self._fentry_groups(policy, plans)
+        # the tracepoint ("tp") and kprobe/uprobe ("kp") stage chains its hooks run
+        self.runners = {"kp" if p.backend in KPROBE_CTX_BACKENDS else "tp" for p in plans
+                        if p.backend not in (hooks_mod.BACKEND_LSM, hooks_mod.BACKEND_FENTRY)}
         self._fentry_fds: list[int] = []   # fentry/fexit programs and their links, likewise
         try:
             self.bpf = compile_program("policy.c", {**macros, **lsm_macros, **self._fentry_macros(),
+                                                    **{f"WITHOUT_{r.upper()}": 1 for r in ("tp", "kp")
+                                                       if r not in self.runners},
                                                     "RB_PAGES": rb_pages,
                                                     "NHOOKS": max(1, len(policy.hooks))})
         except Exception as e:
@@ -200,11 +206,10 @@ class PolicyProgram:
         settings = self.bpf["settings"]
         settings[ctypes.c_int(0)] = ctypes.c_uint32(0)
         settings[ctypes.c_int(1)] = ctypes.c_uint32(os.getpid())
-        needs_kprobe_runner = False
         for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
             self._configure_hook(slot, hook, plan)
-            needs_kprobe_runner |= plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
-        kinds = [("tp", BPF.TRACEPOINT)] + ([("kp", BPF.KPROBE)] if needs_kprobe_runner else [])
+        kinds = [(prefix, ptype) for prefix, ptype in (("tp", BPF.TRACEPOINT), ("kp", BPF.KPROBE))
+                 if prefix in self.runners]
         for prefix, ptype in kinds:
             runners = self.bpf[f"{prefix}_runners"]
             for i, stage in enumerate(RUNNER_STAGES):
