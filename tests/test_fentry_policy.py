@@ -24,10 +24,12 @@ from policytools import int_args, kprobe_events, run_workload, settle, start_wit
 from tetrad import features as features_mod
 from tetrad.policy import hooks, loader, manager
 
-FEATURES = features_mod.detect()
 EXAMPLES = REPO / "etc" / "tetrad" / "examples"
-# in the lane fentry must be there: its tests then fail rather than go uncollected
-HAS_FENTRY = FEATURES.fentry or "fentry" in os.environ.get("KERNEL_LANE_EXPECT_HOOKS", "").split(",")
+# The lane's kernel must have fentry (its tests then fail rather than go uncollected);
+# elsewhere the kernel is asked.
+LANE_FENTRY = "fentry" in os.environ.get("KERNEL_LANE_EXPECT_HOOKS", "").split(",")
+FEATURES = None if LANE_FENTRY else features_mod.detect()
+HAS_FENTRY = LANE_FENTRY or FEATURES.fentry
 
 
 def getpgid_hook(message: str, value: int, actions: str = "", ret: str = "") -> str:
