@@ -1325,6 +1325,28 @@ HOOK(14)
 HOOK(15)
 #endif
 
+/* fentry/fexit group g: the four stages, loaded (tetrad/policy/fentry.py) as
+ * programs of the group's first function, whose prototype every hook of the
+ * group shares, at the group's end (fentry or fexit). */
+#define FENTRY_STAGES(g) \
+    int feS##g(u64 *ctx) { return stage_start(ctx, RUN_FENTRY + g); } \
+    int feA##g(u64 *ctx) { return stage_arg(ctx, RUN_FENTRY + g); } \
+    int feL##g(u64 *ctx) { return stage_select(ctx, RUN_FENTRY + g); } \
+    int feR##g(u64 *ctx) { return stage_rest(ctx, RUN_FENTRY + g); }
+
+#if FENTRY_GROUPS > 0
+FENTRY_STAGES(0)
+#endif
+#if FENTRY_GROUPS > 1
+FENTRY_STAGES(1)
+#endif
+#if FENTRY_GROUPS > 2
+FENTRY_STAGES(2)
+#endif
+#if FENTRY_GROUPS > 3
+FENTRY_STAGES(3)
+#endif
+
 /* BPF LSM: lsmhook i (< MAX_LSM_HOOKS) is hook slot LSM_SLOT_i on LSM hook LSM_HOOK_i.
  * A BPF LSM program is verified against one hook, which BCC takes from the
  * function's name after its first five characters: "lsEa_file_open" is the
@@ -1350,26 +1372,4 @@ LSM_PROGRAMS(2, c, LSM_SLOT_2, LSM_HOOK_2)
 #endif
 #ifdef LSM_HOOK_3
 LSM_PROGRAMS(3, d, LSM_SLOT_3, LSM_HOOK_3)
-#endif
-
-/* fentry/fexit group g: the four stages, loaded (tetrad/policy/fentry.py) as
- * programs of the group's first function, whose prototype every hook of the
- * group shares, at the group's end (fentry or fexit). */
-#define FENTRY_STAGES(g) \
-    int feS##g(u64 *ctx) { return stage_start(ctx, RUN_FENTRY + g); } \
-    int feA##g(u64 *ctx) { return stage_arg(ctx, RUN_FENTRY + g); } \
-    int feL##g(u64 *ctx) { return stage_select(ctx, RUN_FENTRY + g); } \
-    int feR##g(u64 *ctx) { return stage_rest(ctx, RUN_FENTRY + g); }
-
-#if FENTRY_GROUPS > 0
-FENTRY_STAGES(0)
-#endif
-#if FENTRY_GROUPS > 1
-FENTRY_STAGES(1)
-#endif
-#if FENTRY_GROUPS > 2
-FENTRY_STAGES(2)
-#endif
-#if FENTRY_GROUPS > 3
-FENTRY_STAGES(3)
 #endif
