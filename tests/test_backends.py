@@ -197,8 +197,15 @@ def test_probe_shows_the_backend_chosen_per_hook_kind(probed):
 
 
 def test_probe_text_names_backend_and_reason():
-    out = subprocess.run(tetrad_cmd() + ["probe", "--hook-backend=tracepoint"],
+    """Forced onto fentry: served where the kernel has it (the lane's guest), refused with
+    the reason where not (our hosts)."""
+    out = subprocess.run(tetrad_cmd() + ["probe", "--hook-backend=fentry"],
                          capture_output=True, text=True, check=True).stdout
-    assert "Backends (hook-backend=tracepoint)" in out
-    line = next(l for l in out.splitlines() if l.strip().startswith("kprobe sys_write"))
-    assert "tracepoint syscalls:sys_enter_write: forced by hook-backend=tracepoint" in line
+    assert "Backends (hook-backend=fentry)" in out
+    lines = {l.strip().split("  ")[0]: l for l in out.splitlines() if l.startswith("  k")}
+    detected = next(l for l in out.splitlines() if l.strip().startswith("fentry ")).split()[1] == "yes"
+    if detected or "fentry" in EXPECTED:
+        assert "fentry __x64_sys_write: forced by hook-backend=fentry" in lines["kprobe sys_write"]
+        assert "fexit fd_install: forced by hook-backend=fentry" in lines["kretprobe fd_install"]
+    else:
+        assert "REFUSED: hook-backend=fentry forced, but " in lines["kprobe sys_write"]
