@@ -209,3 +209,23 @@ def test_probe_text_names_backend_and_reason():
         assert "fexit fd_install: forced by hook-backend=fentry" in lines["kretprobe fd_install"]
     else:
         assert "REFUSED: hook-backend=fentry forced, but " in lines["kprobe sys_write"]
+
+
+def test_fentry_plans_read_the_functions_btf_signature():
+    """The engine's fentry plan (on this machine's BTF): arguments by their BTF size and
+    sign, the return value after them, fexit alone for a traced return; an index past
+    the function's arguments or a function without BTF is refused with the reason."""
+    from tetrad.policy import hooks
+    from tetrad.policy.model import Arg, Hook
+    ret = Arg(0, "int")
+    plan = hooks.plan(Hook("kprobe", "fd_install", "spec.kprobes[0]", args=(Arg(0, "int"), Arg(1, "file"))),
+                      FENTRY_ONLY)
+    assert (plan.backend, plan.attach, plan.syscall_wrapper) == ("fentry", [("fentry", "fd_install", hooks.ENTER)], False)
+    assert plan.proto.params == ((4, False), (8, False)) and plan.proto.ret == (0, False)   # void
+    sys_read = hooks.plan(Hook("kprobe", "sys_read", "spec.kprobes[0]", syscall=True, return_arg=ret), FENTRY_ONLY)
+    assert sys_read.attach == [("fexit", backends.syscall_function("read"), hooks.EXIT)] and sys_read.syscall_wrapper
+    assert sys_read.proto.ret == (8, True)
+    with pytest.raises(hooks.PlanError, match=r'kprobe "tty_write": tty_write has 2 arguments \(BTF\), no index 2'):
+        hooks.plan(Hook("kprobe", "tty_write", "spec.kprobes[0]", args=(Arg(2, "int"),)), FENTRY_ONLY)
+    with pytest.raises(hooks.PlanError, match='no fentry: not_a_kernel_function has no BTF FUNC record'):
+        hooks.plan(Hook("kprobe", "not_a_kernel_function", "spec.kprobes[0]"), FENTRY_ONLY)
