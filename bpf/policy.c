@@ -4,7 +4,8 @@
  * Every hook of the policy has a slot n < NHOOKS and two entry points,
  * hook<n>_enter and hook<n>_exit, which userspace attaches to the
  * tracepoints, kprobes or uprobes tetrad/policy/hooks.py chose (an lsmhook
- * slot has BPF LSM programs instead: see LSM_PROGRAMS below).  What a slot
+ * slot has BPF LSM programs instead: see LSM_PROGRAMS below; an fentry/fexit
+ * slot fhook<n>_*: see FENTRY_STAGES).  What a slot
  * reads (arguments and where they come from), its selectors and actions are
  * map values, so changing a policy's values needs no recompilation.
  * Selectors are evaluated here, in the kernel: an event that does not match
@@ -89,6 +90,10 @@ enum {
 #define RUN_TP  0
 #define RUN_KP  1
 #define RUN_LSM 2
+/* fentry/fexit programs of group g (RUN_FENTRY + g): a group is the hooks whose
+ * functions share one BTF prototype and one end (see FENTRY_STAGES) */
+#define RUN_FENTRY 6   /* RUN_LSM + MAX_LSM_HOOKS */
+#define IS_LSM(run) ((run) >= RUN_LSM && (run) < RUN_FENTRY)
 
 struct arg_conf {
     u8 type;        /* ARG_* */
@@ -298,9 +303,31 @@ static __always_inline u64 read_ctx_field(void *ctx, u32 off, u32 size, u32 is_s
     return sign_extend(v, size, is_signed);
 }
 
+/* A syscall's arguments from the struct pt_regs its entry function (__x64_sys_*) gets. */
+static __always_inline void read_syscall_regs(void *regs, u64 *raw)
+{
+    bpf_probe_read_kernel(&raw[0], 8, regs + offsetof(struct pt_regs, di));
+    bpf_probe_read_kernel(&raw[1], 8, regs + offsetof(struct pt_regs, si));
+    bpf_probe_read_kernel(&raw[2], 8, regs + offsetof(struct pt_regs, dx));
+    bpf_probe_read_kernel(&raw[3], 8, regs + offsetof(struct pt_regs, r10));
+    bpf_probe_read_kernel(&raw[4], 8, regs + offsetof(struct pt_regs, r8));
+    bpf_probe_read_kernel(&raw[5], 8, regs + offsetof(struct pt_regs, r9));
+}
+
 static __always_inline void read_raw_args(void *ctx, struct hook_conf *hc, u64 *raw, int run)
 {
-    if (run >= RUN_LSM) {
+    /* fentry/fexit: ctx is the arguments, a u64 slot each, of which userspace
+     * put the meaningful bytes (from BTF) in tp_off/tp_size like a tracepoint's */
+    if (run >= RUN_FENTRY) {
+        if (hc->flags & HOOKF_SYSCALL_WRAPPER) {
+            read_syscall_regs(read_ptr(ctx), raw);
+            return;
+        }
+        for (int i = 0; i < RAW_ARGS; i++)
+            raw[i] = read_ctx_field(ctx, hc->tp_off[i], hc->tp_size[i], hc->tp_signed[i]);
+        return;
+    }
+    if (IS_LSM(run)) {
         /* ctx: the hook's arguments, 8 bytes each; through a helper, since a
          * direct read past the hook's own arguments fails to verify */
         for (int i = 0; i < RAW_ARGS; i++)
@@ -310,13 +337,7 @@ static __always_inline void read_raw_args(void *ctx, struct hook_conf *hc, u64 *
     if (hc->flags & HOOKF_KPROBE) {
         struct pt_regs *regs = ctx;
         if (hc->flags & HOOKF_SYSCALL_WRAPPER) {
-            void *inner = (void *)PT_REGS_PARM1(regs);
-            bpf_probe_read_kernel(&raw[0], 8, inner + offsetof(struct pt_regs, di));
-            bpf_probe_read_kernel(&raw[1], 8, inner + offsetof(struct pt_regs, si));
-            bpf_probe_read_kernel(&raw[2], 8, inner + offsetof(struct pt_regs, dx));
-            bpf_probe_read_kernel(&raw[3], 8, inner + offsetof(struct pt_regs, r10));
-            bpf_probe_read_kernel(&raw[4], 8, inner + offsetof(struct pt_regs, r8));
-            bpf_probe_read_kernel(&raw[5], 8, inner + offsetof(struct pt_regs, r9));
+            read_syscall_regs((void *)PT_REGS_PARM1(regs), raw);
         } else {
             raw[0] = PT_REGS_PARM1(regs);
             raw[1] = PT_REGS_PARM2(regs);
@@ -960,6 +981,22 @@ BPF_PROG_ARRAY(lsm_runners2, 4);
 #ifdef LSM_HOOK_3
 BPF_PROG_ARRAY(lsm_runners3, 4);
 #endif
+/* fentry/fexit: a program array per group (FENTRY_GROUPS of them), since a
+ * tracing program tail-calls only programs verified against the same function
+ * prototype */
+#define MAX_FENTRY_GROUPS 4
+#if FENTRY_GROUPS > 0
+BPF_PROG_ARRAY(fentry_runners0, 4);
+#endif
+#if FENTRY_GROUPS > 1
+BPF_PROG_ARRAY(fentry_runners1, 4);
+#endif
+#if FENTRY_GROUPS > 2
+BPF_PROG_ARRAY(fentry_runners2, 4);
+#endif
+#if FENTRY_GROUPS > 3
+BPF_PROG_ARRAY(fentry_runners3, 4);
+#endif
 
 /* `run` is a constant in each program, so only one of the arrays is used */
 static __always_inline void next_stage(void *ctx, int run, u32 stage)
@@ -978,6 +1015,18 @@ static __always_inline void next_stage(void *ctx, int run, u32 stage)
 #endif
 #ifdef LSM_HOOK_3
     case RUN_LSM + 3: lsm_runners3.call(ctx, stage); break;
+#endif
+#if FENTRY_GROUPS > 0
+    case RUN_FENTRY + 0: fentry_runners0.call(ctx, stage); break;
+#endif
+#if FENTRY_GROUPS > 1
+    case RUN_FENTRY + 1: fentry_runners1.call(ctx, stage); break;
+#endif
+#if FENTRY_GROUPS > 2
+    case RUN_FENTRY + 2: fentry_runners2.call(ctx, stage); break;
+#endif
+#if FENTRY_GROUPS > 3
+    case RUN_FENTRY + 3: fentry_runners3.call(ctx, stage); break;
 #endif
     }
 }
@@ -1035,6 +1084,8 @@ static __always_inline int stage_start(void *ctx, int run)
         if (sa) {
             __builtin_memcpy(s->raw, sa->raw, sizeof(sa->raw));
             saved.delete(&sk);
+        } else if (run >= RUN_FENTRY) {
+            read_raw_args(ctx, hc, s->raw, run);   /* fexit sees the arguments too */
         } else if (hc->mode == EMU_FD_INSTALL || hc->mode == EMU_FILE_OPEN) {
             __builtin_memset(s->raw, 0, sizeof(s->raw));
         } else {
@@ -1156,19 +1207,23 @@ static __always_inline int stage_rest(void *ctx, int run)
         s->rec.selector = k + 1;
         if (run_actions(s, sc, idx))
             emit(s);
-        return run >= RUN_LSM ? s->verdict : 0;
+        return IS_LSM(run) ? s->verdict : 0;   /* fentry/fexit programs must return 0 */
     }
     s->next = k + 1;
     next_stage(ctx, run, STAGE_SELECT);
     return 0;
 }
 
+/* A policy none of whose hooks is a tracepoint (kprobe, uprobe) is compiled with
+ * WITHOUT_TP (WITHOUT_KP): each chain left out is a copy of the stages less to
+ * compile, which under the kernel lane's emulation is most of a policy's load time. */
+#ifndef WITHOUT_TP
 int tp_start(void *ctx) { return stage_start(ctx, RUN_TP); }
 int tp_arg(void *ctx) { return stage_arg(ctx, RUN_TP); }
 int tp_select(void *ctx) { return stage_select(ctx, RUN_TP); }
 int tp_rest(void *ctx) { return stage_rest(ctx, RUN_TP); }
-/* The kprobe/uprobe programs double the compile: only where a policy uses them. */
-#ifdef KPROBE_PROGRAMS
+#endif
+#ifndef WITHOUT_KP
 int kp_start(struct pt_regs *ctx) { return stage_start(ctx, RUN_KP); }
 int kp_arg(struct pt_regs *ctx) { return stage_arg(ctx, RUN_KP); }
 int kp_select(struct pt_regs *ctx) { return stage_select(ctx, RUN_KP); }
@@ -1183,19 +1238,24 @@ static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, 
     u64 v = 0;
     if (i >= RAW_ARGS)
         return 0;
-    if (run >= RUN_LSM) {
+    if (IS_LSM(run)) {
         bpf_probe_read_kernel(&v, 8, ctx + i * 8);
+        return v;
+    }
+    u32 off = i == 0 ? offsetof(struct pt_regs, di) : i == 1 ? offsetof(struct pt_regs, si) :
+              i == 2 ? offsetof(struct pt_regs, dx) : i == 3 ? offsetof(struct pt_regs, r10) :
+              i == 4 ? offsetof(struct pt_regs, r8) : offsetof(struct pt_regs, r9);
+    if (run >= RUN_FENTRY) {
+        if (!(hc->flags & HOOKF_SYSCALL_WRAPPER))
+            return read_ctx_field(ctx, hc->tp_off[i], hc->tp_size[i], hc->tp_signed[i]);
+        bpf_probe_read_kernel(&v, 8, read_ptr(ctx) + off);
         return v;
     }
     if (run == RUN_TP)
         return read_ctx_field(ctx, hc->tp_off[i], hc->tp_size[i], hc->tp_signed[i]);
     struct pt_regs *regs = ctx;
     if (hc->flags & HOOKF_SYSCALL_WRAPPER) {
-        void *inner = (void *)PT_REGS_PARM1(regs);
-        u32 off = i == 0 ? offsetof(struct pt_regs, di) : i == 1 ? offsetof(struct pt_regs, si) :
-                  i == 2 ? offsetof(struct pt_regs, dx) : i == 3 ? offsetof(struct pt_regs, r10) :
-                  i == 4 ? offsetof(struct pt_regs, r8) : offsetof(struct pt_regs, r9);
-        bpf_probe_read_kernel(&v, 8, inner + off);
+        bpf_probe_read_kernel(&v, 8, (void *)PT_REGS_PARM1(regs) + off);
         return v;
     }
     u64 parms[RAW_ARGS] = {PT_REGS_PARM1(regs), PT_REGS_PARM2(regs), PT_REGS_PARM3(regs),
@@ -1210,7 +1270,8 @@ static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, 
 static __always_inline int nothing_to_do(void *ctx, struct hook_conf *hc, u32 slot, u32 phase,
                                          u64 pid_tgid, int run)
 {
-    if (phase == PHASE_ENTER && (hc->flags & HOOKF_FD_GATE)) {
+    /* the gate: at entry, or at the exit of a hook attached there alone (fexit) */
+    if ((phase == PHASE_ENTER || !(hc->flags & HOOKF_AT_EXIT)) && (hc->flags & HOOKF_FD_GATE)) {
         struct fd_key fk = {.tgid = pid_tgid >> 32, .fd = (u32)read_raw_arg(ctx, hc, hc->fd_src, run)};
         return !fd_paths.lookup(&fk);
     }
@@ -1243,18 +1304,36 @@ static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int run)
     return 0;   /* reached only if the tail call failed: allow */
 }
 
-/* Each slot's entry points: hook<n>_* for tracepoints, khook<n>_* for kprobes and uprobes. */
-#ifdef KPROBE_PROGRAMS
-#define KHOOK(n) \
+/* fentry/fexit: slot n of group FENTRY_GROUP_n (userspace defines it for every slot
+ * of a policy with fentry hooks, MAX_FENTRY_GROUPS for the others: their fhook<n>_*
+ * reach no program array and are never loaded).  Loaded as fentry or fexit
+ * programs of the slot's function (tetrad/policy/fentry.py). */
+#if FENTRY_GROUPS > 0
+#define FENTRY_HOOK(n) \
+    int fhook##n##_enter(u64 *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_FENTRY + FENTRY_GROUP_##n); } \
+    int fhook##n##_exit(u64 *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_FENTRY + FENTRY_GROUP_##n); }
+#else
+#define FENTRY_HOOK(n)
+#endif
+
+#ifndef WITHOUT_TP
+#define TP_HOOK(n) \
+    int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_TP); } \
+    int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_TP); }
+#else
+#define TP_HOOK(n)
+#endif
+#ifndef WITHOUT_KP
+#define KP_HOOK(n) \
     int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_KP); } \
     int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_KP); }
 #else
-#define KHOOK(n)
+#define KP_HOOK(n)
 #endif
-#define HOOK(n) \
-    int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_TP); } \
-    int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_TP); } \
-    KHOOK(n)
+
+/* Each slot's entry points: hook<n>_* for tracepoints, khook<n>_* for kprobes and uprobes,
+ * fhook<n>_* for fentry/fexit. */
+#define HOOK(n) TP_HOOK(n) KP_HOOK(n) FENTRY_HOOK(n)
 
 HOOK(0)
 #if NHOOKS > 1
@@ -1301,6 +1380,28 @@ HOOK(14)
 #endif
 #if NHOOKS > 15
 HOOK(15)
+#endif
+
+/* fentry/fexit group g: the four stages, loaded (tetrad/policy/fentry.py) as
+ * programs of the group's first function, whose prototype every hook of the
+ * group shares, at the group's end (fentry or fexit). */
+#define FENTRY_STAGES(g) \
+    int feS##g(u64 *ctx) { return stage_start(ctx, RUN_FENTRY + g); } \
+    int feA##g(u64 *ctx) { return stage_arg(ctx, RUN_FENTRY + g); } \
+    int feL##g(u64 *ctx) { return stage_select(ctx, RUN_FENTRY + g); } \
+    int feR##g(u64 *ctx) { return stage_rest(ctx, RUN_FENTRY + g); }
+
+#if FENTRY_GROUPS > 0
+FENTRY_STAGES(0)
+#endif
+#if FENTRY_GROUPS > 1
+FENTRY_STAGES(1)
+#endif
+#if FENTRY_GROUPS > 2
+FENTRY_STAGES(2)
+#endif
+#if FENTRY_GROUPS > 3
+FENTRY_STAGES(3)
 #endif
 
 /* BPF LSM: lsmhook i (< MAX_LSM_HOOKS) is hook slot LSM_SLOT_i on LSM hook LSM_HOOK_i.

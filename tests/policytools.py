@@ -15,14 +15,15 @@ from conftest import Daemon, REPO, tetrad_cmd
 WORKLOAD_PYTHON = "/usr/bin/python3"   # Debian's: a stable binary path for matchBinaries
 
 
-def start_with_policies(workdir: Path, policies: dict[str, str], timeout: float = 120) -> Daemon:
-    """A daemon whose policy directory holds `policies` (file name -> text),
-    waited for until every policy is loaded or failed."""
+def start_with_policies(workdir: Path, policies: dict[str, str], timeout: float = 120,
+                        extra_args=()) -> Daemon:
+    """A daemon (started with `extra_args`) whose policy directory holds `policies`
+    (file name -> text), waited for until every policy is loaded or failed."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "policies").mkdir(exist_ok=True)
     for name, text in policies.items():
         (workdir / "policies" / name).write_text(text)
-    d = Daemon(workdir)
+    d = Daemon(workdir, extra_args)
     d.wait_ready(timeout)
     wait_policies(d, len(policies), timeout)
     return d

@@ -66,21 +66,27 @@ def test_without_kprobes_other_functions_are_refused_with_every_reason():
         assert why in c.reason
 
 
-def test_the_engine_families_leave_fentry_out_and_say_so():
+def test_the_engine_attaches_fentry_where_kprobes_are_missing_and_when_forced():
     c = backends.choose(FENTRY_ONLY, "kprobe", "fd_install", families=backends.ENGINE_FAMILIES)
-    assert c.backend == "tracepoint" and "fentry" not in c.reason
-    forced = backends.choose(DISTRO, "kprobe", "fd_install", force="fentry", families=backends.ENGINE_FAMILIES)
-    assert forced.backend is None
-    assert forced.reason == "hook-backend=fentry forced, but tetrad's policy engine has no fentry backend yet"
+    assert c.backend == "fentry" and "kprobes missing here" in c.reason
+    forced = backends.choose(DISTRO, "kprobe", "sys_read", syscall=True, force="fentry",
+                             families=backends.ENGINE_FAMILIES)
+    assert (forced.backend, forced.target) == ("fentry", backends.syscall_function("read"))
+    assert backends.choose(DISTRO, "kprobe", "fd_install", families=backends.ENGINE_FAMILIES).backend == "kprobe"
+    # a caller that attaches fewer families is told so
+    narrow = backends.choose(DISTRO, "kprobe", "fd_install", force="fentry", families=("kprobe", "tracepoint"))
+    assert narrow.backend is None
+    assert narrow.reason == "hook-backend=fentry forced, but tetrad's policy engine has no fentry backend yet"
 
 
 @pytest.mark.parametrize("feats", [DISTRO, STRIPPED, FENTRY_ONLY], ids=["distro", "stripped", "fentry-only"])
-@pytest.mark.parametrize("force", ["auto", "kprobe", "tracepoint"])
+@pytest.mark.parametrize("force", ["auto", "kprobe", "fentry", "tracepoint"])
 def test_probe_preview_and_the_engine_plan_agree(feats, force):
     """`tetrad probe` (summary) and the policy engine (hooks.plan) make one decision."""
     from tetrad.policy import hooks
     from tetrad.policy.model import Arg, Hook
     engine_backend = {"kprobe": ("kprobe",), "kretprobe": ("kprobe",),
+                      "fentry": ("fentry",), "fexit": ("fentry",),
                       "tracepoint": ("syscall-tracepoints", "tracepoint-equivalent")}
     for c in backends.summary(feats, force=force):
         if c.kind not in ("kprobe", "kretprobe"):
@@ -88,12 +94,16 @@ def test_probe_preview_and_the_engine_plan_agree(feats, force):
         ret = Arg(0, "int") if c.kind == "kretprobe" else None
         hook = Hook("kprobe", c.name, "spec.kprobes[0]", syscall=c.name.startswith("sys_"), return_arg=ret)
         try:
-            planned = hooks.plan(hook, feats, force).backend
+            planned = hooks.plan(hook, feats, force)
         except hooks.PlanError as e:
             assert c.backend is None, f"{c}: the engine refused it: {e}"
             continue
         assert c.backend is not None, f"{c}: the engine planned {planned}"
-        assert planned in engine_backend[c.backend], (c, planned)
+        assert planned.backend in engine_backend[c.backend], (c, planned)
+        if planned.backend == "fentry":   # at the function probe shows, at the end it shows
+            [(kind, target, _)] = planned.attach
+            assert target == c.target
+            assert kind == ("fexit" if c.kind == "kretprobe" else "fentry"), (c, planned)
 
 
 def test_fentry_serves_when_kprobes_are_missing_but_only_for_btf_functions():
@@ -187,8 +197,35 @@ def test_probe_shows_the_backend_chosen_per_hook_kind(probed):
 
 
 def test_probe_text_names_backend_and_reason():
-    out = subprocess.run(tetrad_cmd() + ["probe", "--hook-backend=tracepoint"],
+    """Forced onto fentry: served where the kernel has it (the lane's guest), refused with
+    the reason where not (our hosts)."""
+    out = subprocess.run(tetrad_cmd() + ["probe", "--hook-backend=fentry"],
                          capture_output=True, text=True, check=True).stdout
-    assert "Backends (hook-backend=tracepoint)" in out
-    line = next(l for l in out.splitlines() if l.strip().startswith("kprobe sys_write"))
-    assert "tracepoint syscalls:sys_enter_write: forced by hook-backend=tracepoint" in line
+    assert "Backends (hook-backend=fentry)" in out
+    lines = {l.strip().split("  ")[0]: l for l in out.splitlines() if l.startswith("  k")}
+    detected = next(l for l in out.splitlines() if l.strip().startswith("fentry ")).split()[1] == "yes"
+    if detected or "fentry" in EXPECTED:
+        assert "fentry __x64_sys_write: forced by hook-backend=fentry" in lines["kprobe sys_write"]
+        assert "fexit fd_install: forced by hook-backend=fentry" in lines["kretprobe fd_install"]
+    else:
+        assert "REFUSED: hook-backend=fentry forced, but " in lines["kprobe sys_write"]
+
+
+def test_fentry_plans_read_the_functions_btf_signature():
+    """The engine's fentry plan (on this machine's BTF): arguments by their BTF size and
+    sign, the return value after them, fexit alone for a traced return; an index past
+    the function's arguments or a function without BTF is refused with the reason."""
+    from tetrad.policy import hooks
+    from tetrad.policy.model import Arg, Hook
+    ret = Arg(0, "int")
+    plan = hooks.plan(Hook("kprobe", "fd_install", "spec.kprobes[0]", args=(Arg(0, "int"), Arg(1, "file"))),
+                      FENTRY_ONLY)
+    assert (plan.backend, plan.attach, plan.syscall_wrapper) == ("fentry", [("fentry", "fd_install", hooks.ENTER)], False)
+    assert plan.proto.params == ((4, False), (8, False)) and plan.proto.ret == (0, False)   # void
+    sys_read = hooks.plan(Hook("kprobe", "sys_read", "spec.kprobes[0]", syscall=True, return_arg=ret), FENTRY_ONLY)
+    assert sys_read.attach == [("fexit", backends.syscall_function("read"), hooks.EXIT)] and sys_read.syscall_wrapper
+    assert sys_read.proto.ret == (8, True)
+    with pytest.raises(hooks.PlanError, match=r'kprobe "tty_write": tty_write has 2 arguments \(BTF\), no index 2'):
+        hooks.plan(Hook("kprobe", "tty_write", "spec.kprobes[0]", args=(Arg(2, "int"),)), FENTRY_ONLY)
+    with pytest.raises(hooks.PlanError, match='no fentry: not_a_kernel_function has no BTF FUNC record'):
+        hooks.plan(Hook("kprobe", "not_a_kernel_function", "spec.kprobes[0]"), FENTRY_ONLY)

@@ -257,7 +257,7 @@ def corpus_outcomes(features) -> dict[str, str]:
 def test_corpus_every_example_loads_or_names_what_is_missing():
     f = features_mod.detect(quick=True)
     # the tally is for a kernel like ours: no kprobes, BPF LSM refused, no override
-    f.kprobes = f.kretprobes = f.bpf_lsm = f.override_return = False
+    f.kprobes = f.kretprobes = f.fentry = f.bpf_lsm = f.override_return = False
     outcomes = corpus_outcomes(f)
     assert len(outcomes) == len(list(EXAMPLES.rglob("*.y*ml")))
     tally = collections.Counter()
@@ -306,11 +306,16 @@ def test_equal_string_limit(tmp_path):
 
 def test_hook_backend_flag_forces_the_engine_unless_the_policy_says_otherwise():
     f = features_mod.detect(quick=True)
-    f.kprobes = f.kretprobes = False
+    f.kprobes = f.kretprobes = f.fentry = False
+    f.notes["fentry"] = "fentry refused here"
     [policy] = loader.load_file(REPO_EXAMPLES / "sys_read_follow_prefix.yaml", "sys_read_follow_prefix.yaml")
     _, plans, _, _, _ = manager.prepare(policy, f, default_backend="tracepoint")
     assert {p.backend for p in plans} <= {"syscall-tracepoints", "tracepoint-equivalent"}
     with pytest.raises(hooks.PlanError, match="hook-backend=kprobe forced, but "):
         manager.prepare(policy, f, default_backend="kprobe")
-    with pytest.raises(hooks.PlanError, match="--hook-backend fentry: the policy engine has no such backend"):
+    with pytest.raises(hooks.PlanError, match='kprobe "fd_install": hook-backend=fentry forced, but fentry refused here'):
         manager.prepare(policy, f, default_backend="fentry")
+    f.fentry = True   # a kernel with BPF trampolines: the flag is obeyed
+    _, plans, _, _, _ = manager.prepare(policy, f, default_backend="fentry")
+    assert [p.describe() for p in plans] == ["fentry (fentry fd_install)", "fentry (fentry __x64_sys_close)",
+                                             "fentry (fexit __x64_sys_read)", "fentry (fentry __x64_sys_write)"]

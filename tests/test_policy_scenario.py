@@ -1,7 +1,12 @@
 """The guide's scenario on loopback, with the two example policies shipped in
 etc/tetrad/examples (sys-read-follow-prefix and connect), against the real
 kernel: a client opens and reads files under /etc/ and one outside, connects
-to a local listener, sends 74 bytes, closes and exits."""
+to a local listener, sends 74 bytes, closes and exits.
+
+Run with the backend the rule chooses (kprobes in the kernel lane's guest,
+tracepoints here), and in the lane's guest, whose kernel has fentry, once more with
+--hook-backend=fentry: the same assertions hold, and the events of the two runs
+are compared field by field (only the ports and socket cookies differ)."""
 
 from __future__ import annotations
 
@@ -38,10 +43,19 @@ c.close()
 """
 
 
-@pytest.fixture(scope="module")
-def d(tmp_path_factory):
+IN_LANE = bool(os.environ.get("KERNEL_LANE_EXPECT_HOOKS"))
+# fentry in the kernel lane, whose kernel must have it; forcing it on a kernel without
+# is tests/test_fentry_policy.py's refusal test
+BACKENDS = ["auto", "fentry"] if "fentry" in os.environ.get("KERNEL_LANE_EXPECT_HOOKS", "").split(",") else ["auto"]
+SEEN: dict[str, list[str]] = {}   # backend -> the client's events, normalised
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def d(request, tmp_path_factory):
     policies = {p.name: p.read_text() for p in sorted(EXAMPLES.glob("*.yaml"))}
-    daemon = start_with_policies(tmp_path_factory.mktemp("scenario"), policies)
+    daemon = start_with_policies(tmp_path_factory.mktemp("scenario"), policies,
+                                 extra_args=[f"--hook-backend={request.param}"])
+    daemon.backend = request.param
     yield daemon
     daemon.stop()
 
@@ -179,6 +193,28 @@ def test_guide_scenario(d, tmp_path, pod):
         assert b["process"].get("binary") == WORKLOAD_PYTHON, (
             b, [e for e in events if e.get("process_exec", {}).get("process", {}).get("pid") == pid])
 
+    # the same events whichever backend served the hooks
+    SEEN[d.backend] = _normalised(mine, {sport: "client port", port: "server port"})
+    if d.backend == "fentry":
+        assert "auto" in SEEN, "the kprobe run comes first"
+        assert SEEN["fentry"] == SEEN["auto"]
+
+
+def _normalised(bodies, ports: dict) -> list[str]:
+    """The events as comparable across runs: the run's ports named, socket cookies left
+    out, sorted (the two policies' ring buffers are read in either order)."""
+    out = []
+    for b in bodies:
+        args = []
+        for a in b["args"]:
+            if "sock_arg" in a:
+                a = {"sock_arg": {k: ports.get(v, v) if k in ("sport", "dport") else v
+                                  for k, v in a["sock_arg"].items() if k != "cookie"}}
+            args.append(a)
+        out.append(json.dumps([b["policy_name"], b["function_name"], b["action"], args,
+                               b.get("return")], sort_keys=True))
+    return sorted(out)
+
 
 def test_tracingpolicy_list_shows_backends(d):
     out = subprocess.run(tetrad_cmd() + ["tracingpolicy", "list", "-o", "json",
@@ -187,7 +223,13 @@ def test_tracingpolicy_list_shows_backends(d):
     pols = {p["name"]: p for p in json.loads(out.stdout)}
     assert pols["sys-read-follow-prefix"]["state"] == "loaded"
     backends = {h["hook"]: h["backend"] for h in pols["sys-read-follow-prefix"]["hooks"]}
-    if os.environ.get("KERNEL_LANE_EXPECT_HOOKS"):   # the distro kernel of the kernel lane
+    if d.backend == "fentry":
+        attach = {h["hook"]: h["attach"] for h in pols["sys-read-follow-prefix"]["hooks"]}
+        assert set(backends.values()) == {"fentry"}
+        assert attach["kprobe sys_read"] == ["fexit __x64_sys_read"]   # returnCopy: at the exit
+        assert attach["kprobe fd_install"] == ["fentry fd_install"]
+        assert {h["backend"] for h in pols["connect"]["hooks"]} == {"fentry"}
+    elif IN_LANE:   # the distro kernel of the kernel lane
         assert backends["kprobe sys_read"] == backends["kprobe fd_install"] == "kprobe"
     else:                                            # our hosts: no kprobes
         assert backends["kprobe sys_read"] == "syscall-tracepoints"

@@ -14,7 +14,7 @@ def test_every_policy_program_passes_the_verifier():
     from bcc import BPF
     macros = offsets.resolve(Btf.load("/sys/kernel/btf/vmlinux"),
                              offsets.PROCESS_MEMBERS + offsets.POLICY_MEMBERS)
-    bpf = compile_program("policy.c", {**macros, "RB_PAGES": 8, "NHOOKS": MAX_HOOKS, "KPROBE_PROGRAMS": 1,
+    bpf = compile_program("policy.c", {**macros, "RB_PAGES": 8, "NHOOKS": MAX_HOOKS,
                                        "FOLLOW_CHILDREN": 1})
     try:
         loaded = []

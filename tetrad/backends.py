@@ -17,12 +17,16 @@ The rule, per hook kind (first available wins):
   deny), so the hook is refused with the reason.
 * ``tracepoint`` / ``raw_tracepoint`` / ``uprobe``: themselves, when the kernel has them.
 
+Why kprobes first where both load: Tetragon's policies are written for kprobes (any
+kallsyms symbol, not only BTF functions), so that is what their authors tested; fentry/fexit
+serve the same hooks with the same events where kprobes are missing, or when forced.
+
 ``families`` are the mechanisms the caller can attach.  The policy engine
-(tetrad/policy/hooks.py) attaches kprobes and tracepoints, not fentry yet, and calls
-``choose()`` with ``ENGINE_FAMILIES`` and its own table of tracepoint equivalents (the
-default table here), as ``tetrad probe`` does: so what probe previews, what
-``tetrad tracingpolicy list`` shows and what is attached are one decision.  The lane's
-mechanism checks (tests/test_kernel_hooks.py) ask about every family.
+(tetrad/policy/hooks.py) attaches all three and calls ``choose()`` with ``ENGINE_FAMILIES``
+and its own table of tracepoint equivalents (the default table here), as ``tetrad probe``
+does: so what probe previews, what ``tetrad tracingpolicy list`` shows and what is attached
+are one decision.  The lane's mechanism checks (tests/test_kernel_hooks.py) ask about every
+family.
 
 ``force`` (the ``--hook-backend`` flag, or a policy's ``hook-backend`` option) pins one
 backend family for function hooks (``kprobes:``, the only kind with several mechanisms; the
@@ -44,7 +48,7 @@ FORCE_VALUES = ("auto", "kprobe", "fentry", "tracepoint")
 
 # Mechanism families for function hooks, in order of preference.
 FAMILIES = ("kprobe", "fentry", "tracepoint")
-ENGINE_FAMILIES = ("kprobe", "tracepoint")   # what the policy engine attaches today
+ENGINE_FAMILIES = FAMILIES   # what the policy engine attaches
 
 
 def engine_equivalents() -> dict[str, tuple[str, str]]:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import array
 import struct
 import sys
+from dataclasses import dataclass
 
-__all__ = ["Btf", "BtfError", "resolve_offsets"]
+__all__ = ["Btf", "BtfError", "FuncProto", "resolve_offsets"]
 
 BTF_MAGIC = 0xEB9F
 _HEADER = "HBBIIIII"  # magic, version, flags, hdr_len, type_off/len, str_off/len
@@ -52,6 +53,17 @@ _POINTER_SIZE = 8  # BTF does not record it; tetrad only targets 64-bit kernels
 
 class BtfError(Exception):
     """Malformed BTF, or a type/member/enumerator that does not exist."""
+
+
+@dataclass(frozen=True)
+class FuncProto:
+    """A kernel function's signature as fentry/fexit programs see it: each
+    argument (and the return value) in a u64 slot of the program's context,
+    of which only `size` bytes are meaningful."""
+
+    proto_id: int                      # its FUNC_PROTO: functions sharing one share this id
+    params: tuple[tuple[int, bool], ...]   # (size in bytes, signed) per argument
+    ret: tuple[int, bool]              # the same for the return value; (0, False) for void
 
 
 class Btf:
@@ -295,6 +307,31 @@ class Btf:
     def has_func(self, name: str) -> bool:
         """True if the kernel has a BTF FUNC of this name (so it can be hooked)."""
         return name.encode() in self._funcs
+
+    def func_proto(self, name: str) -> FuncProto:
+        """The signature of kernel function ``name`` (BtfError if it has no FUNC record)."""
+        tid = self._funcs.get(name.encode())
+        if tid is None:
+            raise BtfError(f"function {name} not found in BTF")
+        w = self._w
+        proto = w[self._offs[tid] + 2]
+        if self._kind(proto) != FUNC_PROTO:
+            raise BtfError(f"function {name}: its type is {self._describe(proto)}, not a prototype")
+        o = self._offs[proto]
+        params = tuple(self._scalar(w[m + 1]) for m in range(o + 3, o + 3 + 2 * (w[o + 1] & 0xFFFF), 2)
+                       if w[m + 1])   # type 0: the "..." of a variadic function
+        return FuncProto(proto, params, self._scalar(w[o + 2]) if w[o + 2] else (0, False))
+
+    def _scalar(self, tid: int) -> tuple[int, bool]:
+        """(size, signed) of an argument or return type."""
+        tid = self._resolve(tid)
+        kind = self._kind(tid)
+        o = self._offs[tid]
+        if kind == INT:
+            return self._w[o + 2], bool((self._w[o + 3] >> 24) & 1)
+        if kind in (ENUM, ENUM64):
+            return self._w[o + 2], bool(self._w[o + 1] >> 31)
+        return self._type_size(tid), False
 
     def enum_value(self, enum_name: str | None, enumerator: str) -> int:
         """Value of ``enumerator``; searched in every enum if ``enum_name`` is None."""

@@ -2,7 +2,7 @@
 
 Which mechanism serves a kprobe or lsmhook is decided by tetrad/backends.py's
 `choose()`, the rule `tetrad probe` previews, asked about the mechanisms this
-engine attaches (kprobes and tracepoints; no fentry yet) and this module's
+engine attaches (kprobes, fentry/fexit, tracepoints) and this module's
 table of tracepoint equivalents; `plan` turns that decision into attach points:
   tracepoints:                  the tracepoint itself
   uprobes:                      a BCC uprobe (and uretprobe when a return value is traced)
@@ -11,21 +11,28 @@ table of tracepoint equivalents; `plan` turns that decision into attach points:
                                 `return`/`returnCopy`)
   kprobes on kernel functions:  a kprobe (+kretprobe) where the kernel has kprobes, else the
                                 documented tracepoint equivalent in EQUIVALENTS, else rejected
+  either, on fentry:            (forced, or where kprobes are missing and BPF trampolines load)
+                                fentry on the function (the syscall's entry function for
+                                syscall: true); fexit alone when the return value is traced,
+                                since fexit sees the arguments and the return value at once
   lsmhooks:                     a BPF LSM program on the hook where BPF LSM loads, else rejected
                                 (nothing else can deny, so nothing else stands in for it)
-A policy can force a choice with `spec.options: [{name: hook-backend, value: kprobe|tracepoint}]`.
+A policy can force a choice with `spec.options: [{name: hook-backend, value: kprobe|fentry|tracepoint}]`.
 `tetrad tracingpolicy list` shows each hook's backend and attach points.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
 from .. import backends
+from ..btf import Btf, BtfError, FuncProto
 from .model import HOOK_KPROBE, HOOK_LSM, HOOK_TRACEPOINT, HOOK_UPROBE, Hook, Policy
 
 BACKEND_KPROBE = "kprobe"
+BACKEND_FENTRY = "fentry"
 BACKEND_SYSCALL_TP = "syscall-tracepoints"
 BACKEND_TRACEPOINT = "tracepoint"
 BACKEND_EQUIVALENT = "tracepoint-equivalent"
@@ -93,7 +100,8 @@ class Plan:
     backend: str
     attach: list[tuple[str, str, int]] = field(default_factory=list)   # (kind, target, phase)
     mode: int = EMU_NONE
-    syscall_wrapper: bool = False     # kprobe on __x64_sys_*: args behind a pt_regs pointer
+    syscall_wrapper: bool = False     # kprobe/fentry on __x64_sys_*: args behind a pt_regs pointer
+    proto: FuncProto | None = None    # fentry/fexit: the function's signature, from BTF
     note: str = ""
 
     def describe(self) -> str:
@@ -105,8 +113,8 @@ def forced_backend(policy: Policy) -> str:
     for opt in policy.spec.get("options") or ():
         if opt.get("name") == FORCE_OPTION:
             value = opt.get("value", "auto")
-            if value not in ("auto", "kprobe", "tracepoint"):
-                raise PlanError(f"option {FORCE_OPTION}: {value!r} is not auto, kprobe or tracepoint")
+            if value not in backends.FORCE_VALUES:
+                raise PlanError(f"option {FORCE_OPTION}: {value!r} is not auto, kprobe, fentry or tracepoint")
             return value
     return "auto"
 
@@ -123,22 +131,60 @@ def tracepoint_exists(tracefs: str, target: str) -> bool:
     return os.path.isdir(os.path.join(tracefs, "events", sub, event))
 
 
-def _kprobe_chosen(hook: Hook, features, force: str) -> bool:
-    """True for a kprobe (+kretprobe), False for a tracepoint; PlanError with every
-    reason when neither serves the hook."""
+@functools.lru_cache(maxsize=1)
+def _kernel_btf(path: str) -> Btf | None:
+    """The kernel's BTF, read once per process (fentry plans need function signatures)."""
+    try:
+        return Btf.load(path)
+    except (OSError, BtfError):
+        return None
+
+
+def _btf(features) -> Btf | None:
+    return _kernel_btf(features.btf_path or "/sys/kernel/btf/vmlinux")
+
+
+def _function_backend(hook: Hook, features, force: str) -> str:
+    """The family serving a kprobes: hook: "kprobe" (+kretprobe), "fentry" (fentry or
+    fexit) or "tracepoint"; PlanError with every reason when none serves it."""
+    in_btf = None
+
     def ask(kind):
         return backends.choose(features, kind, hook.name, syscall=hook.syscall, force=force,
-                               families=backends.ENGINE_FAMILIES)
+                               in_btf=in_btf, families=backends.ENGINE_FAMILIES)
     choice = ask("kprobe")
+    if choice.backend == "fentry":   # BTF functions only: ask again, knowing
+        btf = _btf(features)
+        in_btf = btf is not None and btf.has_func(choice.target)
+        choice = ask("kprobe")
     if choice.backend is None:
         raise PlanError(f'kprobe "{hook.name}": {choice.reason}')
-    if choice.backend != "kprobe":
-        return False
+    if choice.backend == "tracepoint":
+        return "tracepoint"
     if hook.needs_return:
         ret = ask("kretprobe")
-        if ret.backend != "kretprobe":
-            raise PlanError(f'kprobe "{hook.name}": its return value needs a kretprobe: {ret.reason}')
-    return True
+        want = "kretprobe" if choice.backend == "kprobe" else "fexit"
+        if ret.backend != want:
+            raise PlanError(f'kprobe "{hook.name}": its return value needs a {want}: {ret.reason}')
+    return "kprobe" if choice.backend == "kprobe" else "fentry"
+
+
+def _fentry_plan(hook: Hook, features, function: str, wrapper: bool) -> Plan:
+    """fentry on `function`, or fexit alone when the return value is traced: fexit
+    sees the arguments and the return value at once, so nothing is saved at entry
+    and the event is the one a kprobe + kretprobe pair gives."""
+    proto = _btf(features).func_proto(function)
+    if not wrapper:   # a syscall wrapper's one argument is the pt_regs behind which the real ones are
+        wide = [i for i, (size, _) in enumerate(proto.params) if size > 8]
+        if wide:
+            raise PlanError(f'kprobe "{hook.name}": argument {wide[0]} of {function} is a struct '
+                            "passed by value, which tetrad's fentry backend does not read")
+        missing = sorted({a.index for a in hook.args} - set(range(len(proto.params))))
+        if missing:
+            raise PlanError(f'kprobe "{hook.name}": {function} has {len(proto.params)} arguments '
+                            f"(BTF), no index {missing[0]}")
+    point = ("fexit", function, EXIT) if hook.needs_return else ("fentry", function, ENTER)
+    return Plan(BACKEND_FENTRY, [point], syscall_wrapper=wrapper, proto=proto)
 
 
 def plan(hook: Hook, features, force: str = "auto") -> Plan:
@@ -164,7 +210,11 @@ def plan(hook: Hook, features, force: str = "auto") -> Plan:
             raise PlanError(f'{hook.path}.hook: lsmhook "{hook.name}": {choice.reason}')
         return Plan(BACKEND_LSM, [("lsm", hook.name, ENTER)])
     assert hook.kind == HOOK_KPROBE
-    use_kprobe = _kprobe_chosen(hook, features, force)
+    family = _function_backend(hook, features, force)
+    use_kprobe = family == "kprobe"
+    if family == "fentry":
+        fn = backends.syscall_function(syscall_name(hook.name)) if hook.syscall else hook.name
+        return _fentry_plan(hook, features, fn, wrapper=hook.syscall and fn.startswith("__"))
     if hook.syscall:
         name = syscall_name(hook.name)
         if use_kprobe:

@@ -29,21 +29,27 @@ def load(bpf, func_name: str, hook: str) -> int:
     """The fd of `func_name` of BCC module `bpf`, loaded as a BPF LSM program on `hook`.
     OSError with the verifier's last lines when the kernel refuses it."""
     from bcc import BPF
+    return load_as(bpf, func_name, BPF.LSM, f"lsm__{hook}", f"LSM hook {hook}")
+
+
+def load_as(bpf, func_name: str, prog_type: int, name: str, what: str) -> int:
+    """`func_name` of `bpf` loaded under `name`, from which BCC takes the BTF target
+    ("lsm__<hook>", "kfunc__<function>", "kretfunc__<function>"); `what` names the
+    target in the OSError raised when the kernel refuses it."""
     insns = bpf.dump_func(func_name.encode())
     buf = ctypes.create_string_buffer(len(insns))
     ctypes.memmove(buf, insns, len(insns))
-    name = f"lsm__{hook}".encode()
     load_fn = _prog_load()
-    fd = load_fn(BPF.LSM, name, buf, len(insns), b"GPL", 0, 0, None, 0)
+    fd = load_fn(prog_type, name.encode(), buf, len(insns), b"GPL", 0, 0, None, 0)
     if fd >= 0:
         return fd
     err = -fd
     log = ctypes.create_string_buffer(LOG_SIZE)
-    retry = load_fn(BPF.LSM, name, buf, len(insns), b"GPL", 0, 1, log, LOG_SIZE)
+    retry = load_fn(prog_type, name.encode(), buf, len(insns), b"GPL", 0, 1, log, LOG_SIZE)
     if retry >= 0:   # refused once, accepted now: keep it
         return retry
     tail = " | ".join(log.value.decode(errors="replace").strip().splitlines()[-4:])
-    raise OSError(err, f"{func_name} on LSM hook {hook}: {os.strerror(err) if err else 'refused'}"
+    raise OSError(err, f"{func_name} on {what}: {os.strerror(err) if err else 'refused'}"
                        + (f": {tail}" if tail else ""))
 
 

@@ -132,10 +132,7 @@ def prepare(policy: Policy, features, mode: str = "enforce", default_backend: st
     if mode == "monitor":
         tracing, monitored = _monitor_only(tracing)
     force = hooks_mod.forced_backend(policy)
-    if force == "auto" and default_backend != "auto":   # --hook-backend, when the policy says nothing
-        if default_backend not in ("kprobe", "tracepoint"):
-            raise hooks_mod.PlanError(f"--hook-backend {default_backend}: the policy engine has no "
-                                      "such backend yet (kprobe or tracepoint)")
+    if force == "auto":   # --hook-backend, when the policy says nothing
         force = default_backend
     plans = [hooks_mod.plan(h, features, force) for h in tracing.hooks]
     return tracing, plans, net_rules, monitored, dev_rules

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from ..bpf_loader import compile_program
 from ..bpf_template import TemplateCache, TemplateError
+from . import fentry
 from . import hooks as hooks_mod
 from . import follow, lsm
 from .hooks import ENTER, EXIT, Plan
@@ -67,6 +68,8 @@ RUNNER_STAGES = ("start", "arg", "select", "rest")
 MAX_LSM_HOOKS = 4       # bpf/policy.c: each lsmhook has its own programs
 LSM_LETTERS = "abcd"    # lsmhook i's programs are ls<E|S|A|L|R><letter>_<hook>
 LSM_STAGE_PREFIX = "SALR"   # start, arg, select, rest
+MAX_FENTRY_GROUPS = 4   # bpf/policy.c: fentry hooks of one prototype and end share programs
+KPROBE_CTX_BACKENDS = (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)   # ctx: struct pt_regs
 CONSUME_BUDGET = 4096   # records handled per wakeup of one ring buffer
 NAMESPACE_INDEX = {"Uts": 0, "Ipc": 1, "Mnt": 2, "Pid": 3, "PidForChildren": 4, "Net": 5,
                    "Time": 6, "TimeForChildren": 7, "Cgroup": 8, "User": 9}
@@ -191,10 +194,13 @@ class PolicyProgram:
         for i, (slot, hook) in enumerate(self.lsm_hooks):
             lsm_macros[f"LSM_HOOK_{i}"], lsm_macros[f"LSM_SLOT_{i}"] = hook.name, slot
         self._lsm_fds: list[int] = []   # LSM programs and their links, closed by close()
-        self.needs_kprobe_programs = any(p.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
-                                         for p in plans)
-        if self.needs_kprobe_programs:
-            macros = {**macros, "KPROBE_PROGRAMS": 1}
+        self.fentry_groups = self._fentry_groups(policy, plans)
+        # the tracepoint ("tp") and kprobe/uprobe ("kp") stage chains its hooks run
+        self.runners = {"kp" if p.backend in KPROBE_CTX_BACKENDS else "tp" for p in plans
+                        if p.backend not in (hooks_mod.BACKEND_LSM, hooks_mod.BACKEND_FENTRY)}
+        self._fentry_fds: list[int] = []   # fentry/fexit programs and their links, likewise
+        macros = {**macros, **lsm_macros, "RB_PAGES": rb_pages,
+                  **{f"WITHOUT_{r.upper()}": 1 for r in ("tp", "kp") if r not in self.runners}}
         self.follows_children = follows_children(policy)
         if self.follows_children:
             macros = {**macros, "FOLLOW_CHILDREN": 1}
@@ -204,7 +210,7 @@ class PolicyProgram:
             self.nhooks = next(n for n in HOOK_CLASSES if n >= len(policy.hooks))
             try:
                 self.bpf, self.compile_s = templates.instance(
-                    "policy.c", {**macros, **lsm_macros, "RB_PAGES": rb_pages, "NHOOKS": self.nhooks})
+                    "policy.c", {**macros, **self._fentry_macros(), "NHOOKS": self.nhooks})
             except TemplateError:   # said once by the cache: compiled below
                 pass
             except OSError as e:   # its maps
@@ -214,7 +220,7 @@ class PolicyProgram:
         if self.bpf is None:
             self.nhooks = max(1, len(policy.hooks))
             try:
-                self.bpf = compile_program("policy.c", {**macros, **lsm_macros, "RB_PAGES": rb_pages,
+                self.bpf = compile_program("policy.c", {**macros, **self._fentry_macros(),
                                                         "NHOOKS": self.nhooks})
             except Exception as e:
                 raise ProgramError(f"BPF compile failed: {e}") from e
@@ -223,6 +229,30 @@ class PolicyProgram:
         self.enabled = False   # until load() is done
         self._cb = None
         self._budget = CONSUME_BUDGET
+
+    @staticmethod
+    def _fentry_groups(policy: Policy, plans: list[Plan]) -> list[list[int]]:
+        """The slots of fentry hooks, grouped by (function prototype, end): the hooks of
+        a group share one set of stage programs (a tracing program tail-calls only
+        programs of its own prototype)."""
+        groups: dict[tuple, list[int]] = {}
+        for slot, plan in enumerate(plans):
+            if plan.backend == hooks_mod.BACKEND_FENTRY:
+                groups.setdefault((plan.proto.proto_id, plan.attach[0][0]), []).append(slot)
+        if len(groups) > MAX_FENTRY_GROUPS:
+            raise ProgramError(f"its fentry/fexit hooks need {len(groups)} program sets (one per "
+                               f"function prototype and end); tetrad loads at most "
+                               f"{MAX_FENTRY_GROUPS} per policy")
+        return list(groups.values())
+
+    def _fentry_macros(self) -> dict:
+        if not self.fentry_groups:
+            return {}
+        out = {"FENTRY_GROUPS": len(self.fentry_groups)}
+        group_of = {slot: g for g, slots in enumerate(self.fentry_groups) for slot in slots}
+        for slot in range(self.nhooks):   # every slot the program has
+            out[f"FENTRY_GROUP_{slot}"] = group_of.get(slot, MAX_FENTRY_GROUPS)
+        return out
 
     # -- configuration ------------------------------------------------------
     def load(self) -> None:
@@ -234,7 +264,8 @@ class PolicyProgram:
         # followChildren sections, in the order of their bits: (string-set slot, listed binaries)
         self._follow: list[tuple[int, frozenset[str]]] = []
         self._configure(self.policy, self.plans, self.conf)
-        kinds = [("tp", BPF.TRACEPOINT)] + ([("kp", BPF.KPROBE)] if self.needs_kprobe_programs else [])
+        kinds = [(prefix, ptype) for prefix, ptype in (("tp", BPF.TRACEPOINT), ("kp", BPF.KPROBE))
+                 if prefix in self.runners]
         for prefix, ptype in kinds:
             runners = self.bpf[f"{prefix}_runners"]
             for i, stage in enumerate(RUNNER_STAGES):
@@ -244,8 +275,10 @@ class PolicyProgram:
             self._start_following()
         for i, (slot, hook) in enumerate(self.lsm_hooks):
             self._load_lsm(i, hook)
+        for g, slots in enumerate(self.fentry_groups):
+            self._load_fentry(g, slots)
         for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
-            if hook.kind != HOOK_LSM:
+            if hook.kind != HOOK_LSM and plan.backend != hooks_mod.BACKEND_FENTRY:
                 self._attach(slot, hook, plan)
         self.set_enabled(True)
 
@@ -319,6 +352,27 @@ class PolicyProgram:
             old = followed.get(key)
             followed[key] = ctypes.c_uint64(bits | (old.value if old is not None else 0))
 
+    def _load_fentry(self, g: int, slots: list[int]) -> None:
+        """fentry group g: its stages into its own program array (loaded as programs
+        of the group's first function), then each hook's entry attached."""
+        kind, function, _ = self.plans[slots[0]].attach[0]
+        at_exit = kind == "fexit"
+        slot = slots[0]
+        try:
+            runners = self.bpf[f"fentry_runners{g}"]
+            for n, stage in enumerate(LSM_STAGE_PREFIX):
+                fd = fentry.load(self.bpf, f"fe{stage}{g}", function, at_exit)
+                self._fentry_fds.append(fd)
+                runners[ctypes.c_int(n)] = ctypes.c_int(fd)
+            for slot in slots:
+                _, function, _ = self.plans[slot].attach[0]
+                entry = fentry.load(self.bpf, f"fhook{slot}_{'exit' if at_exit else 'enter'}", function, at_exit)
+                self._fentry_fds.append(entry)
+                self._fentry_fds.append(fentry.attach(entry))
+        except OSError as e:
+            hook = self.policy.hooks[slot]
+            raise ProgramError(f"{hook.path}: {kind} {function}: {e.strerror}") from e
+
     def set_enabled(self, enabled: bool) -> None:
         self.bpf["settings"][ctypes.c_int(0)] = ctypes.c_uint32(self.conf + 1 if enabled else 0)
         self.enabled = enabled
@@ -346,7 +400,8 @@ class PolicyProgram:
         if has_exit and has_enter:
             conf.flags |= HOOKF_AT_EXIT
         conf.mode = plan.mode
-        gate = self._fd_gate(hook, plan) if has_enter else None
+        # the gate is checked at entry, or at the exit of a hook attached there alone (fexit)
+        gate = self._fd_gate(hook, plan) if has_enter or plan.backend == hooks_mod.BACKEND_FENTRY else None
         if gate is not None:
             conf.flags |= HOOKF_FD_GATE
             conf.fd_src = gate
@@ -383,7 +438,13 @@ class PolicyProgram:
             conf.tp_off[i], conf.tp_size[i], conf.tp_signed[i] = f.offset, min(f.size, 8), int(f.signed)
 
         points = {phase: target for kind, target, phase in plan.attach if kind == "tracepoint"}
-        if plan.backend == hooks_mod.BACKEND_TRACEPOINT:
+        if plan.backend == hooks_mod.BACKEND_FENTRY:
+            # the program's context: a u64 slot per argument, then (fexit) the return value
+            for i, (size, signed) in enumerate(plan.proto.params[:6]):
+                conf.tp_off[i], conf.tp_size[i], conf.tp_signed[i] = 8 * i, size, int(signed)
+            size, signed = plan.proto.ret
+            conf.ret_off, conf.ret_size, conf.ret_signed = 8 * len(plan.proto.params), size, int(signed)
+        elif plan.backend == hooks_mod.BACKEND_TRACEPOINT:
             fields = tracepoint_fields(self.tracefs, points[ENTER])
             for j, arg in enumerate(hook.args):
                 if arg.index >= len(fields):
@@ -603,7 +664,7 @@ class PolicyProgram:
         return sum(self.bpf["lost_records"][ctypes.c_int(0)])
 
     def close(self) -> None:
-        for fd in self._lsm_fds:   # closing the link detaches: nothing stays denied
+        for fd in self._lsm_fds + self._fentry_fds:   # closing the link detaches: nothing stays denied
             os.close(fd)
-        self._lsm_fds = []
+        self._lsm_fds, self._fentry_fds = [], []
         self.bpf.cleanup()
