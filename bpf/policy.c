@@ -304,9 +304,11 @@ static __always_inline int adapt_lsm_args(u32 adapt, u64 *raw)
 {
     switch (adapt) {
     case ADAPT_OPENED_FILE: {
-        u32 mode = 0;
+        /* exec's open: __FMODE_EXEC in the open flags (FMODE_EXEC in f_mode on some kernels) */
+        u32 mode = 0, flags = 0;
         READ_MEMBER(mode, (void *)raw[0], file, f_mode);
-        if (mode & FMODE_EXEC_BIT)
+        READ_MEMBER(flags, (void *)raw[0], file, f_flags);
+        if ((mode | flags) & FMODE_EXEC_BIT)
             return 0;
         raw[0] += OFF_file__f_path_mnt - OFF_path__mnt;
         break;

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import subprocess
 import sys
 
@@ -35,9 +36,10 @@ FEATURES = features_mod.detect()
 IN_LANE = SHARED_DAEMON
 
 
-def override_policy(name: str, deny: str, kill: str = "/never/") -> str:
-    """One policy, three syscalls (one compile: ~17 s under the lane's emulation);
-    opening a path under `kill` is killed instead."""
+def override_policy(name: str, deny: str, kill: str = "/never/", port: int = 1) -> str:
+    """One policy, three syscalls on BPF LSM (one compile: ~17 s under the lane's
+    emulation) and connect() to 127.0.0.1:`port` (cgroup BPF); opening a path under
+    `kill` is killed instead."""
     def kprobe(call: str, index: int) -> str:
         return f"""  - call: "{call}"
     syscall: true
@@ -66,7 +68,24 @@ metadata:
   name: {name}
 spec:
   kprobes:
-{kprobe("sys_openat", 1)}{kprobe("sys_unlink", 0)}{kprobe("sys_execve", 0)}"""
+{kprobe("sys_openat", 1)}{kprobe("sys_unlink", 0)}{kprobe("sys_execve", 0)}  - call: "sys_connect"
+    syscall: true
+    message: "sys_connect denied"
+    args:
+    - index: 1
+      type: "sockaddr"
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: "SAddr"
+        values: ["127.0.0.1/32"]
+      - index: 1
+        operator: "SPort"
+        values: ["{port}"]
+      matchActions:
+      - action: Override
+        argError: -1
+"""
 
 
 def events_of(d, call: str, path: str, pid: int | None = None) -> list[dict]:
@@ -74,6 +93,12 @@ def events_of(d, call: str, path: str, pid: int | None = None) -> list[dict]:
             and e["process_kprobe"]["function_name"] == call
             and e["process_kprobe"]["args"][0]["string_arg"] == path
             and (pid is None or e["process_kprobe"]["process"]["pid"] == pid)]
+
+
+def connects(d, pid: int) -> list[dict]:
+    return [e["process_kprobe"] for e in d.events() if "process_kprobe" in e
+            and e["process_kprobe"]["function_name"] == "sys_connect"
+            and e["process_kprobe"]["process"]["pid"] == pid]
 
 
 @pytest.fixture
@@ -91,6 +116,31 @@ def tree(tmp_path):
     return out
 
 
+@pytest.fixture
+def listener():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.setblocking(False)
+    yield srv
+    srv.close()
+
+
+def accepted(srv) -> int:
+    n = 0
+    while True:
+        try:
+            srv.accept()[0].close()
+            n += 1
+        except BlockingIOError:
+            return n
+
+
+def connect_errno(port: int) -> int:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port))
+
+
 def open_fails(path, flags=os.O_RDONLY) -> int:
     with pytest.raises(OSError) as exc:
         os.close(os.open(path, flags, 0o644))
@@ -106,10 +156,11 @@ def run_prog(path) -> subprocess.Popen | OSError:
     return p
 
 
-def test_override_on_syscalls_is_enforced_by_bpf_lsm_or_refused(tmp_path, tree):
+def test_override_on_syscalls_is_enforced_by_bpf_lsm_or_refused(tmp_path, tree, listener):
     deny, other, kill = tree["deny"], tree["other"], tree["kill"]
-    d = start_with_policies(tmp_path / "d", {"o.yaml": override_policy("lsm-override", f"{deny}/", f"{kill}/")},
-                            timeout=300)
+    port = listener.getsockname()[1]
+    d = start_with_policies(tmp_path / "d", {"o.yaml": override_policy("lsm-override", f"{deny}/", f"{kill}/",
+                                                                       port)}, timeout=300)
     try:
         [pol] = status(d)["policies"]
         if not (FEATURES.bpf_lsm or FEATURES.override_return):   # this host: refused, naming both
@@ -123,8 +174,9 @@ def test_override_on_syscalls_is_enforced_by_bpf_lsm_or_refused(tmp_path, tree):
         assert [(h["hook"], h["backend"], h["attach"]) for h in pol["hooks"]] == [
             ("kprobe sys_openat", "bpf-lsm (override)", ["lsm path_mknod", "lsm file_open"]),
             ("kprobe sys_unlink", "bpf-lsm (override)", ["lsm path_unlink"]),
-            ("kprobe sys_execve", "bpf-lsm (override)", ["lsm bprm_creds_for_exec"])], pol
-        assert all(h["note"].startswith("Override enforced by lsm:") for h in pol["hooks"]), pol
+            ("kprobe sys_execve", "bpf-lsm (override)", ["lsm bprm_creds_for_exec"]),
+            ("kprobe sys_connect (selector 0)", "cgroup-bpf", ["cgroup connect4, connect6"])], pol
+        assert all(h["note"].startswith("Override enforced by lsm:") for h in pol["hooks"][:3]), pol
         listed = subprocess.run(tetrad_cmd() + ["tracingpolicy", "list", f"--server-address=unix://{d.sock}",
                                                 "--timeout=300"], capture_output=True, text=True, check=True)
         assert "kprobe sys_openat: bpf-lsm (override) (lsm path_mknod, lsm file_open)" in listed.stdout, listed.stdout
@@ -152,6 +204,9 @@ def test_override_on_syscalls_is_enforced_by_bpf_lsm_or_refused(tmp_path, tree):
         assert isinstance(refused, OSError) and refused.errno == errno.EPERM, refused
         assert not (deny / "marker").exists()
         assert run_prog(other / "prog").returncode == 0 and (other / "marker").exists()
+        # connect: refused by the cgroup program, the listener never sees it
+        assert connect_errno(port) == errno.EPERM
+        assert accepted(listener) == 0
 
         me = os.getpid()
         for call, path in (("sys_openat", f"{deny}/new"), ("sys_openat", f"{deny}/f"),
@@ -162,9 +217,12 @@ def test_override_on_syscalls_is_enforced_by_bpf_lsm_or_refused(tmp_path, tree):
         # the relative open reports the resolved path: two denied opens of deny/f
         assert len(d.wait_for(lambda _: events_of(d, "sys_openat", f"{deny}/f", me)[1:],
                               what="the relative open")) == 1
-        [ev] = d.wait_for(lambda _: events_of(d, "sys_execve", f"{deny}/prog"), what="the denied exec")
+        [ev] = d.wait_for(lambda _: events_of(d, "sys_execve", f"{deny}/prog"),
+                          what=f"the denied exec, among {[e for e in d.events() if 'process_kprobe' in e][-6:]}")
         assert ev["action"] == "KPROBE_ACTION_OVERRIDE" and ev["process"]["pid"] != me
         assert events_of(d, "sys_openat", f"{other}/f") == [] and events_of(d, "sys_execve", f"{other}/prog") == []
+        [ev] = d.wait_for(lambda _: connects(d, me), what="the denied connect")
+        assert ev["action"] == "KPROBE_ACTION_OVERRIDE" and ev["args"][0]["sockaddr_arg"]["port"] == port
 
         # the Sigkill selector kills another process (the open itself happens: a kill, not an Override) ...
         child = subprocess.run([sys.executable, "-c", f"open('{kill}/by-child', 'w'); print('survived')"],
@@ -183,16 +241,19 @@ def test_override_on_syscalls_is_enforced_by_bpf_lsm_or_refused(tmp_path, tree):
                                        f"--server-address=unix://{d.sock}", "--timeout=300"], check=True)
         wait_policies(d, 1, timeout=300,
                       pred=lambda ps: ps[0].get("mode") == "monitor" and ps[0]["state"] == "loaded")
-        assert [h["backend"] for h in status(d)["policies"][0]["hooks"]] == ["bpf-lsm (override)"] * 3
+        assert [h["backend"] for h in status(d)["policies"][0]["hooks"]] == ["bpf-lsm (override)"] * 3 + ["cgroup-bpf"]
         os.close(os.open(deny / "new", os.O_WRONLY | os.O_CREAT, 0o644))
         assert (deny / "f").read_text() == "secret of deny"
         os.unlink(deny / "new")
         assert run_prog(deny / "prog").returncode == 0 and (deny / "marker").exists()
+        assert connect_errno(port) == 0
         for call, path in (("sys_openat", f"{deny}/new"), ("sys_openat", f"{deny}/f"),
                            ("sys_unlink", f"{deny}/new"), ("sys_execve", f"{deny}/prog")):
             evs = d.wait_for(lambda _: [e for e in events_of(d, call, path) if "monitor mode" in e["message"]],
                              what=f"monitor-mode {call} {path}")
             assert evs[0]["action"] == "KPROBE_ACTION_OVERRIDE", evs
+        d.wait_for(lambda _: [e for e in connects(d, me) if "monitor mode" in e["message"]],
+                   what="the monitor-mode connect")
         (deny / "marker").unlink()
         (deny / "new").touch()   # for the check after stop
     finally:
@@ -201,6 +262,7 @@ def test_override_on_syscalls_is_enforced_by_bpf_lsm_or_refused(tmp_path, tree):
     assert (deny / "f").read_text() == "secret of deny"
     os.unlink(deny / "new")
     assert run_prog(deny / "prog").returncode == 0 and (deny / "marker").exists()
+    assert connect_errno(port) == 0
 
 
 def test_override_on_a_syscall_without_lsm_or_override_return_is_refused_naming_both(tmp_path):
