@@ -279,7 +279,7 @@ def test_override_on_a_syscall_without_lsm_or_override_return_is_refused_naming_
     error = str(exc.value)
     assert error.startswith("spec.kprobes[0].selectors[0].matchActions: Override on 'sys_openat' cannot "
                             "be honoured here: no override_return: "), error
-    assert f"no bpf_lsm: {FEATURES.notes['bpf_lsm']} (it would serve lsm:path_mknod, lsm:file_open)" in error
+    assert f"no bpf_lsm: {FEATURES.notes['bpf_lsm']} (its equivalent: lsm:path_mknod, lsm:file_open)" in error
     assert "spec.kprobes[1].selectors[0].matchActions: Override on 'sys_unlink'" in error
     assert "spec.kprobes[2].selectors[0].matchActions: Override on 'sys_execve'" in error
 
@@ -334,7 +334,7 @@ def test_the_override_rule_prefers_override_return_then_the_lsm_equivalent():
 def test_the_override_rule_refuses_naming_both_mechanisms():
     c = backends.choose_override(made_up_kernel(), "sys_openat", syscall=True)
     assert (c.backend, c.reason) == (None, "no override_return: override_return missing here; no bpf_lsm: "
-                                           "bpf_lsm missing here (it would serve lsm:path_mknod, lsm:file_open)")
+                                           "bpf_lsm missing here (its equivalent: lsm:path_mknod, lsm:file_open)")
     c = backends.choose_override(made_up_kernel(bpf_lsm=True), "sys_write", syscall=True)
     assert (c.backend, c.reason) == (None, "no override_return: override_return missing here; "
                                            "no bpf_lsm: no BPF LSM hook stands in for sys_write")

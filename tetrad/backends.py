@@ -218,9 +218,9 @@ def choose_override(features, name: str, *, syscall: bool = False,
     if key in equivalents:
         targets, difference = equivalents[key]
         candidates.append(("bpf_lsm", targets, features.bpf_lsm,
-                           _why_not(features, "bpf_lsm") + f" (it would serve {targets})"))
+                           _why_not(features, "bpf_lsm") + f" (its equivalent: {targets})"))
     else:
-        targets, difference = "", ""
+        difference = ""
         candidates.append(("bpf_lsm", "", False, f"no BPF LSM hook stands in for {key}"))
     refused = []
     for family, target, ok, why in candidates:
