@@ -24,7 +24,7 @@ import sys
 import pytest
 
 import pid1
-from conftest import SHARED_DAEMON, tetrad_cmd
+from conftest import SHARED_DAEMON, accepted, tetrad_cmd
 from policytools import start_with_policies, status, wait_policies
 from tetrad import backends
 from tetrad import features as features_mod
@@ -124,16 +124,6 @@ def listener():
     srv.setblocking(False)
     yield srv
     srv.close()
-
-
-def accepted(srv) -> int:
-    n = 0
-    while True:
-        try:
-            srv.accept()[0].close()
-            n += 1
-        except BlockingIOError:
-            return n
 
 
 def connect_errno(port: int) -> int:
