@@ -314,6 +314,49 @@ static __always_inline void read_syscall_regs(void *regs, u64 *raw)
     bpf_probe_read_kernel(&raw[5], 8, regs + offsetof(struct pt_regs, r9));
 }
 
+/* An Override on a kernel function or syscall that a BPF LSM hook serves
+ * instead (tetrad/policy/overrides.py): the LSM program turns its hook's
+ * arguments into the one value the function's selectors read, in raw[0]. */
+#define ADAPT_NONE          0   /* an lsmhook: the hook's own arguments */
+#define ADAPT_FILE          1   /* (struct file *): raw[0] = &file->f_path */
+#define ADAPT_DIR_DENTRY    2   /* (const struct path *dir, struct dentry *): raw[0] = the dentry's path */
+#define ADAPT_BPRM_FILENAME 3   /* (struct linux_binprm *): raw[0] = bprm->filename, as execve got it */
+#define ADAPT_OPENED_FILE   4   /* ADAPT_FILE, but not the kernel's open of a program to execute */
+#define FMODE_EXEC_BIT      0x20
+
+/* 0 when this call of the LSM hook is not one the function would have seen */
+static __always_inline int adapt_lsm_args(u32 adapt, u64 *raw)
+{
+    switch (adapt) {
+    case ADAPT_OPENED_FILE: {
+        /* exec's open: __FMODE_EXEC in the open flags (FMODE_EXEC in f_mode on some kernels) */
+        u32 mode = 0, flags = 0;
+        READ_MEMBER(mode, (void *)raw[0], file, f_mode);
+        READ_MEMBER(flags, (void *)raw[0], file, f_flags);
+        if ((mode | flags) & FMODE_EXEC_BIT)
+            return 0;
+        raw[0] += OFF_file__f_path_mnt - OFF_path__mnt;
+        break;
+    }
+    case ADAPT_FILE:
+        raw[0] += OFF_file__f_path_mnt - OFF_path__mnt;
+        break;
+    case ADAPT_DIR_DENTRY: {
+        /* the dentry is in its directory's mount: (dir->mnt, dentry) is its
+         * struct path, built in raw[6..7], which no argument uses */
+        void *mnt = PTR_MEMBER((void *)raw[0], path, mnt);
+        raw[6 + OFF_path__mnt / 8] = (u64)mnt;
+        raw[6 + OFF_path__dentry / 8] = raw[1];
+        raw[0] = (u64)&raw[6];
+        break;
+    }
+    case ADAPT_BPRM_FILENAME:
+        raw[0] = (u64)PTR_MEMBER((void *)raw[0], linux_binprm, filename);
+        break;
+    }
+    return 1;
+}
+
 static __always_inline void read_raw_args(void *ctx, struct hook_conf *hc, u64 *raw, int run)
 {
     /* fentry/fexit: ctx is the arguments, a u64 slot each, of which userspace
@@ -944,8 +987,12 @@ static __always_inline int run_actions(struct scratch *s, struct selector_conf *
             bpf_send_signal(ac->action == ACT_SIGKILL ? 9 : ac->arg);
             break;
         case ACT_OVERRIDE:
-            if (tgid != 1)   /* never deny PID 1 (tetrad itself never gets here) */
-                s->verdict = ac->arg;
+            if (tgid == 1) {   /* never deny PID 1 (tetrad itself never gets here): report only */
+                if (a == 0)
+                    s->rec.action = ACT_POST;
+                break;
+            }
+            s->verdict = ac->arg;
             break;
         }
     }
@@ -997,6 +1044,26 @@ BPF_PROG_ARRAY(fentry_runners2, 4);
 #if FENTRY_GROUPS > 3
 BPF_PROG_ARRAY(fentry_runners3, 4);
 #endif
+
+/* lsmhook i's ADAPT_* (LSM_ADAPT_i); `run` is a constant in each program */
+static __always_inline u32 lsm_adapt(int run)
+{
+    switch (run) {
+#ifdef LSM_HOOK_0
+    case RUN_LSM + 0: return LSM_ADAPT_0;
+#endif
+#ifdef LSM_HOOK_1
+    case RUN_LSM + 1: return LSM_ADAPT_1;
+#endif
+#ifdef LSM_HOOK_2
+    case RUN_LSM + 2: return LSM_ADAPT_2;
+#endif
+#ifdef LSM_HOOK_3
+    case RUN_LSM + 3: return LSM_ADAPT_3;
+#endif
+    }
+    return ADAPT_NONE;
+}
 
 /* `run` is a constant in each program, so only one of the arrays is used */
 static __always_inline void next_stage(void *ctx, int run, u32 stage)
@@ -1074,6 +1141,8 @@ static __always_inline int stage_start(void *ctx, int run)
     struct saved_key sk = {.pid_tgid = pid_tgid, .slot = slot};
     if (s->phase == PHASE_ENTER) {
         read_raw_args(ctx, hc, s->raw, run);
+        if (run >= RUN_LSM && !adapt_lsm_args(lsm_adapt(run), s->raw))
+            return 0;
         if (hc->flags & HOOKF_AT_EXIT) {
             saved.update(&sk, (struct saved_args *)s->raw);
             return 0;
@@ -1404,7 +1473,9 @@ FENTRY_STAGES(2)
 FENTRY_STAGES(3)
 #endif
 
-/* BPF LSM: lsmhook i (< MAX_LSM_HOOKS) is hook slot LSM_SLOT_i on LSM hook LSM_HOOK_i.
+/* BPF LSM: lsmhook i (< MAX_LSM_HOOKS) is hook slot LSM_SLOT_i on LSM hook LSM_HOOK_i,
+ * its arguments adapted by LSM_ADAPT_i (an lsmhook, or the LSM equivalent of a
+ * function's Override: one slot may then have several LSM hooks).
  * A BPF LSM program is verified against one hook, which BCC takes from the
  * function's name after its first five characters: "lsEa_file_open" is the
  * entry point of lsmhook a on file_open, "lsSa_"/"lsAa_"/"lsLa_"/"lsRa_" its

@@ -154,7 +154,7 @@ def test_override_of_what_is_not_a_device_is_rejected_with_the_reason(tmp_path, 
     try:
         pols = {p["name"]: p for p in status(d)["policies"]}
         assert all(p["state"] == "error" for p in pols.values()), pols
-        lsm = "Override on 'sys_openat' needs BPF LSM or kprobe override; this kernel has neither"
+        lsm = "Override on 'sys_openat' cannot be honoured here: no override_return: "
         assert lsm in pols["file"]["error"] and f"{str(tmp_path)!r} is not a device node" in pols["file"]["error"]
         assert f"also names {str(regular / 'plain')!r}, which is not a device node" in pols["mixed"]["error"]
         assert "Postfix cannot be resolved to device nodes" in pols["postfix"]["error"]

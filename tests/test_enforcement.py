@@ -147,20 +147,19 @@ def test_monitor_mode_from_the_policy_and_sigkill_on_sys_connect(tmp_path, scope
 
 
 def test_override_the_kernel_cannot_honour_is_rejected_with_the_reason(tmp_path):
-    text = (HEAD.format(name="block-open", options="") +
-            "  - call: security_file_open\n    syscall: false\n    args:\n    - index: 0\n      type: file\n"
+    """sys_write has no BPF LSM equivalent: without bpf_override_return (neither this
+    kernel nor Debian's has it) the policy is refused, naming both mechanisms."""
+    text = (HEAD.format(name="block-write", options="") +
+            "  - call: sys_write\n    syscall: true\n    args:\n    - index: 0\n      type: int\n"
             "    selectors:\n    - matchActions:\n      - action: Override\n        argError: -1\n")
     d = start_with_policies(tmp_path / "d", {"block.yaml": text})
     try:
         (pol,) = status(d)["policies"]
         assert pol["state"] == "error"
         feats = features.detect()   # loads probe programs: what this kernel offers decides the reason
-        if not feats.bpf_lsm:
-            assert ("Override on 'security_file_open' needs BPF LSM or kprobe override; "
-                    "this kernel has neither") in pol["error"], pol
-        else:   # a distro kernel: BPF LSM, but no bpf_override_return
-            assert ("Override on 'security_file_open' needs bpf_override_return, which this kernel "
-                    "lacks") in pol["error"] and "put the Override on an lsmhook" in pol["error"], pol
+        assert ("Override on 'sys_write' cannot be honoured here: no override_return: "
+                + feats.notes["override_return"]) in pol["error"], pol
+        assert "no bpf_lsm: no BPF LSM hook stands in for sys_write" in pol["error"], pol
     finally:
         d.stop()
 

@@ -7,8 +7,7 @@ never read) and reported as KPROBE_ACTION_OVERRIDE, a path under another is
 reported and allowed, anything else is untouched; monitor mode reports and
 denies nothing; and nothing stays denied once the daemon stops.  On a kernel
 without BPF LSM (the development machines) the same policy is refused with
-the reason.  Override on a syscall needs bpf_override_return, which neither
-kernel has: the policy is refused, naming what is missing.
+the reason.  Override on a syscall: tests/test_lsm_override.py.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from conftest import tetrad_cmd
 from policytools import start_with_policies, status, wait_policies
 from tetrad import features as features_mod
 from tetrad.encoder.compact import CompactEncoder
-from tetrad.policy import hooks, loader, manager
 
 FEATURES = features_mod.detect()
 
@@ -69,28 +67,6 @@ spec:
       matchActions:
       - action: Override
         argError: -13
-"""
-
-
-SYSCALL_OVERRIDE = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: override-openat
-spec:
-  kprobes:
-  - call: "sys_openat"
-    syscall: true
-    args:
-    - index: 1
-      type: "string"
-    selectors:
-    - matchArgs:
-      - index: 1
-        operator: "Prefix"
-        values: ["/tmp/never-created-"]
-      matchActions:
-      - action: Override
-        argError: -1
 """
 
 
@@ -177,22 +153,3 @@ def test_lsmhooks_deny_report_or_are_refused_with_the_reason(tmp_path, dirs):
     # fail-open: the LSM programs went with the daemon
     assert read(dirs["deny"] / "f") == "secret of deny"
 
-
-def test_override_on_a_syscall_is_refused_naming_what_the_kernel_lacks(tmp_path):
-    """bpf_override_return needs CONFIG_BPF_KPROBE_OVERRIDE (error injection), which neither
-    this machine's kernel nor Debian's have; the call is never silently left to happen.
-    Decided when the daemon plans the policy (manager.prepare), before any BPF is compiled."""
-    (tmp_path / "o.yaml").write_text(SYSCALL_OVERRIDE)
-    [policy] = loader.load_file(tmp_path / "o.yaml", "o.yaml")
-    with pytest.raises(hooks.PlanError) as exc:
-        manager.prepare(policy, FEATURES, manager.policy_mode(policy))
-    error = str(exc.value)
-    where = "spec.kprobes[0].selectors[0].matchActions: Override on 'sys_openat' "
-    if not (FEATURES.bpf_lsm or FEATURES.override_return):
-        assert error.startswith(where + "needs BPF LSM or kprobe override; this kernel has neither"), error
-        assert "cgroup BPF refuses only device opens, and its paths name no device node" in error
-    elif not FEATURES.override_return:
-        assert error.startswith(where + "needs bpf_override_return, which this kernel lacks ("), error
-        assert "put the Override on an lsmhook" in error
-    else:
-        assert "not implemented by tetrad" in error

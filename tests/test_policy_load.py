@@ -203,7 +203,7 @@ CORPUS_TALLY = {
     "loaded": 19,
     "argument type not supported": 18,
     "kprobe without kprobes and no tracepoint equivalent": 8,
-    "Override needs BPF LSM or kprobe override": 5,
+    "Override needs bpf_override_return or BPF LSM": 5,
     "lists not supported": 4,
     "returnArgAction not supported": 4,
     "lsmhooks need BPF LSM": 1,
@@ -220,7 +220,8 @@ CORPUS_TALLY = {
 _REASONS = [
     (r"argument type .* is not supported", "argument type not supported"),
     (r"no kprobe: .*; no tracepoint: no tracepoint equivalent of", "kprobe without kprobes and no tracepoint equivalent"),
-    (r"Override on .* needs BPF LSM or kprobe override", "Override needs BPF LSM or kprobe override"),
+    (r"Override on .* cannot be honoured here: no override_return: .*; no bpf_lsm: ",
+     "Override needs bpf_override_return or BPF LSM"),
     (r"cannot be (decided|enforced)", "enforcing selector not decidable by cgroup BPF"),
     (r"spec\.lists", "lists not supported"),
     (r"lsmhooks\[\d+\]\.hook: lsmhook .*: BPF LSM unavailable", "lsmhooks need BPF LSM"),

@@ -28,6 +28,13 @@ does: so what probe previews, what ``tetrad tracingpolicy list`` shows and what 
 are one decision.  The lane's mechanism checks (tests/test_kernel_hooks.py) ask about every
 family.
 
+Override on a function hook (``kprobes:`` with an ``Override`` action) is a second question,
+answered by ``choose_override()``: ``bpf_override_return`` where the kernel has it and the
+function is error-injectable -> the function's BPF LSM equivalent (tetrad/policy/overrides.py)
+where BPF LSM loads -> refused, naming what is missing.  The policy engine does not use
+``bpf_override_return`` yet (``ENGINE_OVERRIDE_FAMILIES``): neither the development kernel nor
+Debian's have it, so it could not be tested.
+
 ``force`` (the ``--hook-backend`` flag, or a policy's ``hook-backend`` option) pins one
 backend family for function hooks (``kprobes:``, the only kind with several mechanisms; the
 other kinds have exactly one).  If the kernel cannot provide it the hook is refused and the
@@ -39,8 +46,9 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
-__all__ = ["Choice", "ENGINE_FAMILIES", "FAMILIES", "FORCE_VALUES", "HOOK_KINDS", "choose",
-           "engine_equivalents", "syscall_function", "summary"]
+__all__ = ["Choice", "ENGINE_FAMILIES", "ENGINE_OVERRIDE_FAMILIES", "FAMILIES", "FORCE_VALUES",
+           "HOOK_KINDS", "OVERRIDE_FAMILIES", "choose", "choose_override", "engine_equivalents",
+           "lsm_override_equivalents", "syscall_function", "summary"]
 
 HOOK_KINDS = ("kprobe", "kretprobe", "lsm", "tracepoint", "raw_tracepoint", "uprobe")
 # Values of --hook-backend: "auto" applies the rule; the others pin a family.
@@ -57,6 +65,17 @@ def engine_equivalents() -> dict[str, tuple[str, str]]:
     from .policy.hooks import EQUIVALENTS   # late: the engine imports this module
     return {name: (", ".join(tp for tp, _ in eq.attach), eq.description)
             for name, eq in EQUIVALENTS.items()}
+
+# Mechanisms that make a function call fail (Override), in order of preference.
+OVERRIDE_FAMILIES = ("override_return", "bpf_lsm")
+ENGINE_OVERRIDE_FAMILIES = ("bpf_lsm",)   # what the policy engine uses today
+
+
+def lsm_override_equivalents() -> dict[str, tuple[str, str]]:
+    """Functions whose Override a BPF LSM hook can enforce: function (syscalls as
+    sys_<name>) -> (its LSM hooks, how the meaning differs)."""
+    from .policy.overrides import EQUIVALENTS   # late: the engine imports this module
+    return {name: (eq.targets, eq.difference) for name, eq in EQUIVALENTS.items()}
 
 # Per-architecture prefix of syscall entry functions (what a kprobe on a syscall attaches to).
 _SYSCALL_PREFIX = {"x86_64": "__x64_sys_", "aarch64": "__arm64_sys_", "s390x": "__s390x_sys_",
@@ -181,6 +200,44 @@ def _choose_function(features, kind, name, syscall, force, in_btf, equivalents, 
             return Choice(kind, name, backend, target, reason)
         refused.append(f"no {family}: {why}")
     return Choice(kind, name, None, "", "; ".join(refused))
+
+
+def choose_override(features, name: str, *, syscall: bool = False,
+                    error_injectable: bool | None = None,
+                    equivalents: dict[str, tuple[str, str]] | None = None,
+                    families: tuple[str, ...] = OVERRIDE_FAMILIES) -> Choice:
+    """What makes a call of function `name` fail for an Override: bpf_override_return,
+    its BPF LSM equivalent, or nothing (backend None, the reason naming both).
+    `error_injectable`: whether the function is on the kernel's error-injection list
+    (None: unknown, assumed yes)."""
+    equivalents = lsm_override_equivalents() if equivalents is None else equivalents
+    function = syscall_function(name) if syscall else name
+    key = "sys_" + _bare_syscall(name) if syscall else name
+    candidates = [
+        ("override_return", function,
+         features.override_return and error_injectable is not False,
+         f"{function} is not error-injectable" if features.override_return
+         else _why_not(features, "override_return")),
+    ]
+    if key in equivalents:
+        targets, difference = equivalents[key]
+        candidates.append(("bpf_lsm", targets, features.bpf_lsm,
+                           _why_not(features, "bpf_lsm") + f" (its equivalent: {targets})"))
+    else:
+        difference = ""
+        candidates.append(("bpf_lsm", "", False, f"no BPF LSM hook stands in for {key}"))
+    refused = []
+    for family, target, ok, why in candidates:
+        if not ok:
+            refused.append(f"no {family}: {why}")
+        elif family not in families:
+            refused.append(f"no {family}: the kernel has it, tetrad's policy engine does not use it yet")
+        else:
+            reason = "; ".join(refused) or "preferred"
+            if family == "bpf_lsm":
+                reason += f"; equivalent with a difference: {difference}"
+            return Choice("override", name, family, target, reason)
+    return Choice("override", name, None, "", "; ".join(refused))
 
 
 # Hooks shown by `tetrad probe`: one per kind, syscall and plain function apart.

@@ -104,6 +104,8 @@ POLICY_MEMBERS: tuple[Member, ...] = (
     Member("file", "f_path.dentry"),
     Member("file", "f_path.mnt"),
     Member("file", "private_data"),
+    Member("file", "f_mode"),
+    Member("file", "f_flags"),
     Member("path", "dentry"),
     Member("path", "mnt"),
     Member("mm_struct", "exe_file"),

@@ -231,10 +231,11 @@ def tracing_part(policy, also=frozenset()):
 def unenforceable_overrides(policy, features, devices=frozenset(), not_devices=None) -> list[str]:
     """Reasons why Override on hooks other than network calls cannot be honoured
     here.  An lsmhook returns the error from its BPF LSM program (the hook is
-    refused anyway on a kernel without BPF LSM); elsewhere Override would need
-    bpf_override_return, which tetrad does not use (see README: Override).
+    refused anyway on a kernel without BPF LSM); elsewhere the backend rule
+    (tetrad/backends.py choose_override) names what would make the call fail.
     `devices`: (hook index, selector index) pairs that are device rules;
     `not_devices`: for other selectors on open hooks, why they are not."""
+    from .. import backends
     reasons = []
     for h, hook in enumerate(policy.hooks):
         if hook.kind == "lsm" or (hook.kind == "kprobe" and is_network_call(hook.name)):
@@ -245,17 +246,11 @@ def unenforceable_overrides(policy, features, devices=frozenset(), not_devices=N
             if any(a.get("action") == "Override" for a in sel.get("matchActions") or ()):
                 where = f"{hook.path}.selectors[{s}].matchActions"
                 why = (not_devices or {}).get((h, s))
-                if not (features.bpf_lsm or features.override_return):
-                    reasons.append(f"{where}: Override on {hook.name!r} needs BPF LSM or kprobe "
-                                   "override; this kernel has neither" +
-                                   (f"; cgroup BPF refuses only device opens, and {why}" if why else ""))
-                elif not features.override_return:
-                    reasons.append(f"{where}: Override on {hook.name!r} needs bpf_override_return, "
-                                   f"which this kernel lacks ({features.notes.get('override_return', 'refused')}); "
-                                   "it has BPF LSM: put the Override on an lsmhook (e.g. file_open)" +
-                                   (f"; cgroup BPF refuses only device opens, and {why}" if why else ""))
-                else:
-                    reasons.append(f"{where}: Override on {hook.name!r} through bpf_override_return is "
-                                   "not implemented by tetrad; put the Override on an lsmhook" +
+                choice = (backends.choose_override(features, hook.name, syscall=hook.syscall,
+                                                   families=backends.ENGINE_OVERRIDE_FAMILIES)
+                          if hook.kind == "kprobe" else None)
+                if choice is None or choice.backend is None:
+                    reasons.append(f"{where}: Override on {hook.name!r} cannot be honoured here: " +
+                                   (choice.reason if choice else f"a {hook.kind} hook cannot make a call fail") +
                                    (f"; cgroup BPF refuses only device opens, and {why}" if why else ""))
     return reasons

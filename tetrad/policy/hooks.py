@@ -17,6 +17,8 @@ table of tracepoint equivalents; `plan` turns that decision into attach points:
                                 since fexit sees the arguments and the return value at once
   lsmhooks:                     a BPF LSM program on the hook where BPF LSM loads, else rejected
                                 (nothing else can deny, so nothing else stands in for it)
+  kprobes with Override:        BPF LSM programs on the function's LSM equivalent
+                                (overrides.py), as backends.choose_override() decides
 A policy can force a choice with `spec.options: [{name: hook-backend, value: kprobe|fentry|tracepoint}]`.
 `tetrad tracingpolicy list` shows each hook's backend and attach points.
 """
@@ -38,6 +40,7 @@ BACKEND_TRACEPOINT = "tracepoint"
 BACKEND_EQUIVALENT = "tracepoint-equivalent"
 BACKEND_UPROBE = "uprobe"
 BACKEND_LSM = "bpf-lsm"
+BACKEND_LSM_OVERRIDE = "bpf-lsm (override)"
 
 FORCE_OPTION = "hook-backend"
 
@@ -103,6 +106,9 @@ class Plan:
     syscall_wrapper: bool = False     # kprobe/fentry on __x64_sys_*: args behind a pt_regs pointer
     proto: FuncProto | None = None    # fentry/fexit: the function's signature, from BTF
     note: str = ""
+    lsm_adapt: tuple[int, ...] = ()   # BACKEND_LSM_OVERRIDE: per "lsm" attach, bpf/policy.c ADAPT_*
+    override_arg: int = -1            # BACKEND_LSM_OVERRIDE: the argument its LSM hooks supply ...
+    override_class: str = ""          # ... read as this (program.ARG_CLASS)
 
     def describe(self) -> str:
         points = ", ".join(f"{k} {t}" for k, t, _ in self.attach)
@@ -187,8 +193,33 @@ def _fentry_plan(hook: Hook, features, function: str, wrapper: bool) -> Plan:
     return Plan(BACKEND_FENTRY, [point], syscall_wrapper=wrapper, proto=proto)
 
 
-def plan(hook: Hook, features, force: str = "auto") -> Plan:
-    """How `hook` attaches on a kernel with `features` (tetrad/features.py)."""
+def _lsm_override_plan(hook: Hook, features, force: str) -> Plan:
+    """A kprobe whose Override a BPF LSM equivalent enforces (tetrad/policy/overrides.py)."""
+    from . import overrides
+    choice = backends.choose_override(features, hook.name, syscall=hook.syscall,
+                                      families=backends.ENGINE_OVERRIDE_FAMILIES)
+    if choice.backend is None:
+        raise PlanError(f'kprobe "{hook.name}": Override cannot be honoured here: {choice.reason}')
+    if force != "auto":
+        raise PlanError(f'kprobe "{hook.name}": hook-backend={force} forced, but its Override '
+                        f"is enforced by BPF LSM ({choice.target})")
+    eq = overrides.EQUIVALENTS[overrides.function_key(hook.name, hook.syscall)]
+    missing = overrides.unsupplied(hook, eq)
+    if missing:
+        raise PlanError(f'kprobe "{hook.name}": its Override is enforced by BPF LSM ({eq.targets}), '
+                        "which cannot evaluate " + "; ".join(missing))
+    return Plan(BACKEND_LSM_OVERRIDE, [("lsm", h, ENTER) for h, _ in eq.hooks],
+                note=f"Override enforced by {eq.targets}; {eq.difference}",
+                lsm_adapt=tuple(a for _, a in eq.hooks), override_arg=eq.arg,
+                override_class=eq.arg_class)
+
+
+def plan(hook: Hook, features, force: str = "auto", override: bool = False) -> Plan:
+    """How `hook` attaches on a kernel with `features` (tetrad/features.py); `override`:
+    the policy as written has an Override on it (the same plan in monitor mode, so that
+    what is reported is what enforce mode would refuse)."""
+    if override and hook.kind == HOOK_KPROBE:
+        return _lsm_override_plan(hook, features, force)
     tracefs = features.tracefs or "/sys/kernel/tracing"
     if hook.kind == HOOK_TRACEPOINT:
         target = f"{hook.subsystem}:{hook.event}"

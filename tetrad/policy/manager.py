@@ -128,13 +128,15 @@ def prepare(policy: Policy, features, mode: str = "enforce", default_backend: st
             "Override/Sigkill on network calls needs cgroup BPF (sock_addr programs), which "
             "this kernel refused: " + features.notes.get("cgroup_sock_addr", "unknown reason"))
     tracing = enforce_net.tracing_part(policy, devices)
+    overriding = {h.path for h in tracing.hooks
+                  if any(a.get("action") == "Override" for sel in h.selectors for a in sel.get("matchActions") or ())}
     monitored: dict = {}
     if mode == "monitor":
         tracing, monitored = _monitor_only(tracing)
     force = hooks_mod.forced_backend(policy)
     if force == "auto":   # --hook-backend, when the policy says nothing
         force = default_backend
-    plans = [hooks_mod.plan(h, features, force) for h in tracing.hooks]
+    plans = [hooks_mod.plan(h, features, force, override=h.path in overriding) for h in tracing.hooks]
     return tracing, plans, net_rules, monitored, dev_rules
 
 

@@ -187,17 +187,23 @@ class PolicyProgram:
         self.tracefs = tracefs
         self.procfs = procfs
         started = time.monotonic()
-        self.lsm_hooks = [(slot, h) for slot, h in enumerate(policy.hooks) if h.kind == HOOK_LSM]
+        # (slot, hook, BPF LSM hook, ADAPT_*): lsmhooks, and the LSM equivalents of Overrides
+        self.lsm_hooks = [(slot, h, target, (plan.lsm_adapt or (0,) * len(plan.attach))[n])
+                          for slot, (h, plan) in enumerate(zip(policy.hooks, plans))
+                          for n, (kind, target, _) in enumerate(plan.attach) if kind == "lsm"]
         if len(self.lsm_hooks) > MAX_LSM_HOOKS:
-            raise ProgramError(f"{len(self.lsm_hooks)} lsmhooks; tetrad loads at most {MAX_LSM_HOOKS} per policy")
+            raise ProgramError(f"{len(self.lsm_hooks)} BPF LSM hooks (lsmhooks and the LSM equivalents "
+                               f"of Overrides); tetrad loads at most {MAX_LSM_HOOKS} per policy")
         lsm_macros = {}
-        for i, (slot, hook) in enumerate(self.lsm_hooks):
-            lsm_macros[f"LSM_HOOK_{i}"], lsm_macros[f"LSM_SLOT_{i}"] = hook.name, slot
+        for i, (slot, hook, target, adapt) in enumerate(self.lsm_hooks):
+            lsm_macros[f"LSM_HOOK_{i}"], lsm_macros[f"LSM_SLOT_{i}"] = target, slot
+            lsm_macros[f"LSM_ADAPT_{i}"] = adapt
         self._lsm_fds: list[int] = []   # LSM programs and their links, closed by close()
         self.fentry_groups = self._fentry_groups(policy, plans)
         # the tracepoint ("tp") and kprobe/uprobe ("kp") stage chains its hooks run
         self.runners = {"kp" if p.backend in KPROBE_CTX_BACKENDS else "tp" for p in plans
-                        if p.backend not in (hooks_mod.BACKEND_LSM, hooks_mod.BACKEND_FENTRY)}
+                        if p.backend not in (hooks_mod.BACKEND_LSM, hooks_mod.BACKEND_LSM_OVERRIDE,
+                                             hooks_mod.BACKEND_FENTRY)}
         self._fentry_fds: list[int] = []   # fentry/fexit programs and their links, likewise
         macros = {**macros, **lsm_macros, "RB_PAGES": rb_pages,
                   **{f"WITHOUT_{r.upper()}": 1 for r in ("tp", "kp") if r not in self.runners}}
@@ -273,12 +279,13 @@ class PolicyProgram:
                 runners[ctypes.c_int(i)] = ctypes.c_int(fn.fd)
         if self._follow:
             self._start_following()
-        for i, (slot, hook) in enumerate(self.lsm_hooks):
-            self._load_lsm(i, hook)
+        for i, (slot, hook, target, _) in enumerate(self.lsm_hooks):
+            self._load_lsm(i, hook, target)
         for g, slots in enumerate(self.fentry_groups):
             self._load_fentry(g, slots)
         for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
-            if hook.kind != HOOK_LSM and plan.backend != hooks_mod.BACKEND_FENTRY:
+            if plan.backend not in (hooks_mod.BACKEND_LSM, hooks_mod.BACKEND_LSM_OVERRIDE,
+                                    hooks_mod.BACKEND_FENTRY):
                 self._attach(slot, hook, plan)
         self.set_enabled(True)
 
@@ -316,21 +323,23 @@ class PolicyProgram:
             for key in [k for k in table.keys() if low <= k.slot < high]:
                 del table[key]
 
-    def _load_lsm(self, i: int, hook: Hook) -> None:
-        """lsmhook i: its stages into its own program array, then its entry attached."""
+    def _load_lsm(self, i: int, hook: Hook, target: str) -> None:
+        """BPF LSM hook i (on `target`): its stages into its own program array, then its entry attached."""
         letter = LSM_LETTERS[i]
         try:
             runners = self.bpf[f"lsm_runners{i}"]
             for n, stage in enumerate(LSM_STAGE_PREFIX):
-                fd = lsm.load(self.bpf, f"ls{stage}{letter}_{hook.name}", hook.name)
+                fd = lsm.load(self.bpf, f"ls{stage}{letter}_{target}", target)
                 self._lsm_fds.append(fd)
                 runners[ctypes.c_int(n)] = ctypes.c_int(fd)
-            entry = lsm.load(self.bpf, f"lsE{letter}_{hook.name}", hook.name)
+            entry = lsm.load(self.bpf, f"lsE{letter}_{target}", target)
             self._lsm_fds.append(entry)
             self._lsm_fds.append(lsm.attach(entry))
         except OSError as e:
-            raise ProgramError(f"{hook.path}.hook: {hook.name!r}: {e.strerror} "
-                               f"(is bpf_lsm_{hook.name} a BPF LSM hook of this kernel?)") from e
+            where = f"{hook.path}.hook: {hook.name!r}" if hook.kind == HOOK_LSM else \
+                f"{hook.path}: the Override of {hook.name!r} on LSM hook {target!r}"
+            raise ProgramError(f"{where}: {e.strerror} "
+                               f"(is bpf_lsm_{target} a BPF LSM hook of this kernel?)") from e
 
     def _start_following(self) -> None:
         """followChildren: the exec/fork/exit bookkeeping first, then the
@@ -412,6 +421,8 @@ class PolicyProgram:
             a = conf.args[j]
             a.type = self._arg_class(hook, plan, arg, j)
             a.src = j if hook.kind == HOOK_TRACEPOINT else arg.index
+            if plan.backend == hooks_mod.BACKEND_LSM_OVERRIDE:   # the one argument its LSM hooks supply
+                a.type, a.src = ARG_CLASS[plan.override_class], 0
             a.size_src = arg.size_arg_index
             a.flags = ARGF_RETURN_COPY if arg.return_copy else 0
         if hook.return_arg is not None:
