@@ -51,6 +51,8 @@
 #define HOOKF_KPROBE          (1u << 1)   /* ctx is struct pt_regs */
 #define HOOKF_SYSCALL_WRAPPER (1u << 2)   /* the real arguments sit behind a pt_regs pointer */
 #define HOOKF_FD_GATE         (1u << 3)   /* nothing to do unless raw argument fd_src is a followed fd */
+#define HOOKF_PREFIX_GATE     (1u << 4)   /* nothing to do unless the path at gate_pos starts with a
+                                             value under PREFIX_GATE_SLOT */
 
 /* emulation modes (tetrad/policy/hooks.py EMU_*) */
 #define EMU_NONE        0
@@ -109,7 +111,9 @@ struct hook_conf {
     u8 ret_size;
     u8 ret_signed;
     u8 fd_src;                            /* HOOKF_FD_GATE: the raw argument holding the fd */
-    u8 pad[3];
+    u8 gate_pos;                          /* HOOKF_PREFIX_GATE: the file or path position ... */
+    u8 gate_len;                          /* ... and the bytes of it that decide (the longest value) */
+    u8 pad;
 };
 
 struct match_conf {
@@ -194,6 +198,10 @@ struct policy_record {
 #define RECORD_FIXED (offsetof(struct policy_record, data))
 #define RECF_TRUNCATED (1u << 0)
 
+/* The str_prefix slot of a hook's prefix gate: past every selector's slots
+ * (tetrad/policy/program.py PREFIX_GATE_SLOT) */
+#define PREFIX_GATE_SLOT(hook) (0x10000 + (hook))
+
 struct eq_key { u32 slot; char s[STR_KEY]; };
 struct prefix_key { u32 prefixlen; u32 slot; char s[PREFIX_KEY]; };
 struct postfix_key { u32 prefixlen; u32 slot; char s[POSTFIX_KEY]; };
@@ -214,6 +222,8 @@ struct scratch {
     u32 drop;
     s32 verdict;                    /* an LSM program's return: 0, or Override's error */
     struct path_walk walk;
+    u32 walked;                     /* position + 1 whose path is in walk (the prefix gate's) */
+    u32 walk_truncated;
     struct eq_key eq_key;
     struct prefix_key prefix_key;
     struct postfix_key postfix_key;
@@ -448,14 +458,35 @@ static __always_inline void read_sockaddr(struct sock_info *si, void *addr)
         __builtin_memcpy(si->saddr, raw + 4, 4);
 }
 
-/* Append a path (dentry, vfsmount) to the record's data. */
-static __always_inline void append_path(struct scratch *s, void *dentry, void *vfsmnt)
+/* Collect a path (dentry, vfsmount) into s->walk. */
+static __always_inline void walk_path(struct scratch *s, void *dentry, void *vfsmnt)
 {
     u32 truncated = 0;
-    u32 n = collect_path(&s->walk, dentry, vfsmnt, &truncated);
-    write_path(s->rec.data, &s->pos, DATA_LIMIT, &s->walk, n);
-    if (truncated)
+    collect_path(&s->walk, dentry, vfsmnt, &truncated);
+    s->walk_truncated = truncated;
+    s->walked = 0;
+}
+
+/* Append the path in s->walk to the record's data, up to `limit`. */
+static __always_inline void append_walk(struct scratch *s, u32 limit)
+{
+    write_path(s->rec.data, &s->pos, limit, &s->walk, s->walk.n);
+    if (s->walk_truncated)
         s->rec.flags |= RECF_TRUNCATED;
+}
+
+/* Collect the path of an ARG_FILE (a struct file) or ARG_PATH (a struct path). */
+static __always_inline void walk_file_path(struct scratch *s, void *v, u32 type)
+{
+    /* a file's f_path is a struct path */
+    void *path = v + (type == ARG_FILE ? OFF_file__f_path_mnt - OFF_path__mnt : 0);
+#if OFF_path__mnt == 0 && OFF_path__dentry == 8
+    void *mnt_dentry[2] = {};   /* both in one read */
+    bpf_probe_read_kernel(mnt_dentry, sizeof(mnt_dentry), path);
+    walk_path(s, mnt_dentry[1], mnt_dentry[0]);
+#else
+    walk_path(s, PTR_MEMBER(path, path, dentry), PTR_MEMBER(path, path, mnt));
+#endif
 }
 
 /* Read the value at position `p` into the record. */
@@ -528,20 +559,14 @@ static __always_inline void read_value(struct scratch *s, struct arg_conf *ac, u
         break;
     }
     case ARG_FILE:
-    case ARG_PATH: {
-        /* a file's f_path is a struct path */
-        void *path = (void *)v + (ac->type == ARG_FILE ? OFF_file__f_path_mnt - OFF_path__mnt : 0);
+    case ARG_PATH:
         if (!v)
             break;
-#if OFF_path__mnt == 0 && OFF_path__dentry == 8
-        void *mnt_dentry[2] = {};   /* both in one read */
-        bpf_probe_read_kernel(mnt_dentry, sizeof(mnt_dentry), path);
-        append_path(s, mnt_dentry[1], mnt_dentry[0]);
-#else
-        append_path(s, PTR_MEMBER(path, path, dentry), PTR_MEMBER(path, path, mnt));
-#endif
+        /* the prefix gate walked this path already */
+        if (s->walked != p + 1)
+            walk_file_path(s, (void *)v, ac->type);
+        append_walk(s, DATA_LIMIT);
         break;
-    }
     case ARG_SOCK:
     case ARG_SOCKADDR: {
         struct sock_info *si = (struct sock_info *)dst;
@@ -749,8 +774,10 @@ static __always_inline int match_binary(struct scratch *s, void *task, u32 op, u
     void *exe = mm ? PTR_MEMBER(mm, mm_struct, exe_file) : 0;
     u32 end = s->pos;
     s->off[POS_BINARY] = end;
-    if (exe)
-        append_path(s, PTR_MEMBER(exe, file, f_path_dentry), PTR_MEMBER(exe, file, f_path_mnt));
+    if (exe) {
+        walk_path(s, PTR_MEMBER(exe, file, f_path_dentry), PTR_MEMBER(exe, file, f_path_mnt));
+        append_walk(s, DATA_LIMIT);
+    }
     s->len[POS_BINARY] = s->pos - end;
     s->pos = end;
     return match_string(s, slot, op, POS_BINARY);
@@ -950,6 +977,36 @@ static __always_inline void emit(struct scratch *s)
     }
 }
 
+/* The prefix gate: each selector of the hook needs the file or path at
+ * gate_pos to start with one of its Prefix values, and the union of those
+ * values is under PREFIX_GATE_SLOT.  So a path that starts with none of
+ * them matches no selector, and the path's first gate_len bytes say so: the
+ * walk up to the root, but the names of the first components only, and no
+ * other argument, record or stage (most files opened are not followed). */
+static __always_inline int prefix_gate_passes(struct scratch *s, struct hook_conf *hc, u32 slot)
+{
+    u32 p = hc->gate_pos;
+    if (p >= MAX_ARGS)
+        return 1;
+    struct arg_conf *ac = &hc->args[p];
+    u32 src = ac->src;
+    BOUND(src, 7);
+    void *v = (void *)s->raw[src];
+    s->pos = 0;
+    if (v) {
+        walk_file_path(s, v, ac->type);
+        s->walked = p + 1;   /* for the argument's stage, if it comes to that */
+        /* writes components while fewer than gate_len bytes are written */
+        append_walk(s, hc->gate_len + PATH_NAME_MAX);
+    }
+    u32 n = s->pos < PREFIX_KEY ? s->pos : PREFIX_KEY;
+    s->prefix_key.slot = PREFIX_GATE_SLOT(slot);
+    s->prefix_key.prefixlen = 32 + n * 8;
+    BOUND(n, 255);
+    bpf_probe_read_kernel(s->prefix_key.s, n, s->rec.data);
+    return str_prefix.lookup(&s->prefix_key) != 0;
+}
+
 static __always_inline int stage_start(void *ctx, int run)
 {
     struct scratch *s = get_scratch();
@@ -992,6 +1049,9 @@ static __always_inline int stage_start(void *ctx, int run)
             ret = read_ctx_field(ctx, hc->ret_off, hc->ret_size, hc->ret_signed);
     }
     if (hc->mode != EMU_NONE && !emulate(hc->mode, s->raw, ret))
+        return 0;
+    s->walked = 0;
+    if ((hc->flags & HOOKF_PREFIX_GATE) && !prefix_gate_passes(s, hc, slot))
         return 0;
 
     struct policy_record *r = &s->rec;
