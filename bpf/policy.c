@@ -1177,10 +1177,18 @@ int kp_arg(struct pt_regs *ctx) { return stage_arg(ctx, RUN_KP); }
 int kp_select(struct pt_regs *ctx) { return stage_select(ctx, RUN_KP); }
 int kp_rest(struct pt_regs *ctx) { return stage_rest(ctx, RUN_KP); }
 
+/* A syscall tracepoint's first argument (sys_enter_*) or return value
+ * (sys_exit_*) is 8 bytes at offset 16 of its ctx.  A program that reads
+ * there directly, not through a helper, attaches only to tracepoints that
+ * long (the kernel checks): the sys_exit_* ones, and the sys_enter_* ones of
+ * syscalls with arguments (hook<n>_sysenter). */
+#define SYSCALL_CTX_FIELD 16
+
 /* Raw argument i (0..5) of the hooked call, read alone, as read_raw_args
  * reads them all.  `run` is a constant in each program: a tracepoint program
- * must not hold the pt_regs reads, which its verifier refuses. */
-static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, int run)
+ * must not hold the pt_regs reads, which its verifier refuses; `syscall_ctx`
+ * (a constant too) says that ctx is a syscall tracepoint's with arguments. */
+static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, int run, int syscall_ctx)
 {
     u64 v = 0;
     if (i >= RAW_ARGS)
@@ -1189,6 +1197,8 @@ static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, 
         bpf_probe_read_kernel(&v, 8, ctx + i * 8);
         return v;
     }
+    if (run == RUN_TP && syscall_ctx && hc->tp_off[i] == SYSCALL_CTX_FIELD && hc->tp_size[i] == 8)
+        return *(u64 *)(ctx + SYSCALL_CTX_FIELD);
     if (run == RUN_TP)
         return read_ctx_field(ctx, hc->tp_off[i], hc->tp_size[i], hc->tp_signed[i]);
     struct pt_regs *regs = ctx;
@@ -1206,24 +1216,29 @@ static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, 
 }
 
 /* Most calls of a hooked syscall produce nothing: a read or close of an fd
- * that is not followed, the exit of a call whose entry saved nothing.  Each
- * is decided here with one map lookup, before the tail calls, the scratch
- * set-up and the argument reads of the stages. */
+ * that is not followed, the exit of a call whose entry saved nothing, a
+ * failed open under an fd_install or security_file_open equivalent.  Each is
+ * decided here with one map lookup or none, before the tail calls, the
+ * scratch set-up and the argument reads of the stages. */
 static __always_inline int nothing_to_do(void *ctx, struct hook_conf *hc, u32 slot, u32 phase,
-                                         u64 pid_tgid, int run)
+                                         u64 pid_tgid, int run, int syscall_ctx)
 {
     if (phase == PHASE_ENTER && (hc->flags & HOOKF_FD_GATE)) {
-        struct fd_key fk = {.tgid = pid_tgid >> 32, .fd = (u32)read_raw_arg(ctx, hc, hc->fd_src, run)};
+        struct fd_key fk = {.tgid = pid_tgid >> 32,
+                            .fd = (u32)read_raw_arg(ctx, hc, hc->fd_src, run, syscall_ctx)};
         return !fd_paths.lookup(&fk);
     }
     if (phase == PHASE_EXIT && (hc->flags & HOOKF_AT_EXIT)) {
         struct saved_key sk = {.pid_tgid = pid_tgid, .slot = slot};
         return !saved.lookup(&sk);
     }
+    if (phase == PHASE_EXIT && run == RUN_TP && syscall_ctx &&
+        (hc->mode == EMU_FD_INSTALL || hc->mode == EMU_FILE_OPEN))
+        return (s64)*(u64 *)(ctx + SYSCALL_CTX_FIELD) < 0;   /* as emulate() decides */
     return 0;
 }
 
-static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int run)
+static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int run, int syscall_ctx)
 {
     u32 zero = 0, one = 1;
     u32 *enabled = settings.lookup(&zero);
@@ -1232,7 +1247,7 @@ static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int run)
     if (!enabled || !*enabled || !self || *self == (pid_tgid >> 32))
         return 0;
     struct hook_conf *hc = hooks.lookup(&slot);
-    if (!hc || nothing_to_do(ctx, hc, slot, phase, pid_tgid, run))
+    if (!hc || nothing_to_do(ctx, hc, slot, phase, pid_tgid, run, syscall_ctx))
         return 0;
     struct scratch *s = get_scratch();
     if (!s)
@@ -1243,12 +1258,15 @@ static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int run)
     return 0;   /* reached only if the tail call failed: allow */
 }
 
-/* Each slot's entry points: hook<n>_* for tracepoints, khook<n>_* for kprobes and uprobes. */
+/* Each slot's entry points: hook<n>_* for tracepoints (hook<n>_sysenter on a
+ * sys_enter_* tracepoint of a syscall with arguments, hook<n>_exit only ever
+ * on sys_exit_* ones), khook<n>_* for kprobes and uprobes. */
 #define HOOK(n) \
-    int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_TP); } \
-    int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_TP); } \
-    int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_KP); } \
-    int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_KP); }
+    int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_TP, 0); } \
+    int hook##n##_sysenter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_TP, 1); } \
+    int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_TP, 1); } \
+    int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_KP, 0); } \
+    int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_KP, 0); }
 
 HOOK(0)
 #if NHOOKS > 1
@@ -1305,7 +1323,7 @@ HOOK(15)
 #define NAME_(prefix, hook) prefix##hook
 #define NAME(prefix, hook) NAME_(prefix, hook)
 #define LSM_PROGRAMS(i, L, slot, hook) \
-    int NAME(lsE##L##_, hook)(u64 *ctx) { return dispatch(ctx, slot, PHASE_ENTER, RUN_LSM + i); } \
+    int NAME(lsE##L##_, hook)(u64 *ctx) { return dispatch(ctx, slot, PHASE_ENTER, RUN_LSM + i, 0); } \
     int NAME(lsS##L##_, hook)(u64 *ctx) { return stage_start(ctx, RUN_LSM + i); } \
     int NAME(lsA##L##_, hook)(u64 *ctx) { return stage_arg(ctx, RUN_LSM + i); } \
     int NAME(lsL##L##_, hook)(u64 *ctx) { return stage_select(ctx, RUN_LSM + i); } \

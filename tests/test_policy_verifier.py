@@ -24,6 +24,7 @@ def test_every_policy_program_passes_the_verifier():
             for phase in ("enter", "exit"):
                 loaded.append(bpf.load_func(f"hook{slot}_{phase}".encode(), BPF.TRACEPOINT))
                 loaded.append(bpf.load_func(f"khook{slot}_{phase}".encode(), BPF.KPROBE))
+            loaded.append(bpf.load_func(f"hook{slot}_sysenter".encode(), BPF.TRACEPOINT))
         assert all(fn.fd >= 0 for fn in loaded)
     finally:
         bpf.cleanup()

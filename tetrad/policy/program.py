@@ -474,6 +474,9 @@ class PolicyProgram:
         kprobe_ctx = plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
         for kind, target, phase in plan.attach:
             fn = f"{'khook' if kprobe_ctx else 'hook'}{slot}_{'enter' if phase == ENTER else 'exit'}"
+            if kind == "tracepoint" and phase == ENTER and target.startswith("syscalls:sys_enter_") \
+                    and _syscall_arg_fields(self.tracefs, target):
+                fn = f"hook{slot}_sysenter"   # reads its first argument without a helper
             try:
                 if kind == "tracepoint":
                     self.bpf.attach_tracepoint(tp=target, fn_name=fn)
