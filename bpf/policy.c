@@ -268,6 +268,12 @@ static __always_inline int in_scope(void)
 /* arguments saved at entry for the exit; LRU, since an exit can be missed
  * (a hook attached between a thread's entry and exit, exit_group, execve) */
 BPF_TABLE("lru_hash", struct saved_key, struct saved_args, saved, 16384);
+/* Entries of `saved` per hook slot: counted up as an entry saves one, down as
+ * its exit takes it back.  Most exits of a hook attached at both ends find
+ * the count 0 and skip the lookup (reads of fds that are not followed: their
+ * entries saved nothing).  An entry never taken back (the LRU dropped it, its
+ * exit did not run) leaves the count high: lookups again, never a missed exit. */
+BPF_ARRAY(saved_count, u64, NHOOKS);
 BPF_TABLE("lru_hash", struct fd_key, struct fd_path, fd_paths, 8192);
 BPF_HASH(str_eq, struct eq_key, u8, 1024);
 BPF_LPM_TRIE(str_prefix, struct prefix_key, u8, 1024);
@@ -1029,7 +1035,9 @@ static __always_inline int stage_start(void *ctx, int run)
     if (s->phase == PHASE_ENTER) {
         read_raw_args(ctx, hc, s->raw, run);
         if (hc->flags & HOOKF_AT_EXIT) {
-            saved.update(&sk, (struct saved_args *)s->raw);
+            u64 *count = saved_count.lookup(&slot);
+            if (count && saved.update(&sk, (struct saved_args *)s->raw) == 0)
+                __sync_fetch_and_add(count, 1);
             return 0;
         }
     } else {
@@ -1037,7 +1045,9 @@ static __always_inline int stage_start(void *ctx, int run)
         struct saved_args *sa = (hc->flags & HOOKF_AT_EXIT) ? saved.lookup(&sk) : 0;
         if (sa) {
             __builtin_memcpy(s->raw, sa->raw, sizeof(sa->raw));
-            saved.delete(&sk);
+            u64 *count = saved_count.lookup(&slot);
+            if (saved.delete(&sk) == 0 && count)
+                __sync_fetch_and_add(count, -1);
         } else if (hc->mode == EMU_FD_INSTALL || hc->mode == EMU_FILE_OPEN) {
             __builtin_memset(s->raw, 0, sizeof(s->raw));
         } else {
@@ -1229,6 +1239,9 @@ static __always_inline int nothing_to_do(void *ctx, struct hook_conf *hc, u32 sl
         return !fd_paths.lookup(&fk);
     }
     if (phase == PHASE_EXIT && (hc->flags & HOOKF_AT_EXIT)) {
+        u64 *count = saved_count.lookup(&slot);
+        if (count && *count == 0)
+            return 1;
         struct saved_key sk = {.pid_tgid = pid_tgid, .slot = slot};
         return !saved.lookup(&sk);
     }
