@@ -282,6 +282,13 @@ BPF_HASH(pid_set, struct pid_key, u8, 1024);
 BPF_LPM_TRIE(addr_trie, struct addr_key, u8, 1024);
 BPF_TABLE("lru_hash", struct rate_key, u64, rate_last, 8192);
 
+/* A syscall tracepoint's first argument (sys_enter_*) or return value
+ * (sys_exit_*) is 8 bytes at offset 16 of its ctx.  A program that reads
+ * there directly, not through a helper, attaches only to tracepoints that
+ * long (the kernel checks): the sys_exit_* ones, and the sys_enter_* ones of
+ * syscalls with arguments (hook<n>_sysenter). */
+#define SYSCALL_CTX_FIELD 16
+
 static __always_inline u64 sign_extend(u64 v, u32 size, u32 is_signed)
 {
     switch (size) {
@@ -344,13 +351,23 @@ static __always_inline void *file_of_fd(u64 fd)
 {
     void *task = (void *)bpf_get_current_task();
     void *files = PTR_MEMBER(task, task_struct, files);
+#if OFF_fdtable__max_fds == 0 && OFF_fdtable__fd == 8 && OFF_files_struct__fdtab == OFF_files_struct__fdt + 8
+    /* fdt and the fdtable embedded right after it in one read: a process
+     * with at most 64 fds uses the embedded one */
+    struct { void *fdt; u32 max_fds; u32 pad; void **fd; } t = {};
+    bpf_probe_read_kernel(&t, sizeof(t), files + OFF_files_struct__fdt);
+    if (t.fdt != files + OFF_files_struct__fdtab)
+        bpf_probe_read_kernel(&t.max_fds, 16, t.fdt);   /* max_fds and fd in one read */
+    u32 max = t.max_fds;
+    void **fds = t.fd;
+#elif OFF_fdtable__max_fds == 0 && OFF_fdtable__fd == 8
     void *fdt = PTR_MEMBER(files, files_struct, fdt);
-#if OFF_fdtable__max_fds == 0 && OFF_fdtable__fd == 8
     struct { u32 max_fds; u32 pad; void **fd; } t = {};   /* both in one read */
     bpf_probe_read_kernel(&t, sizeof(t), fdt);
     u32 max = t.max_fds;
     void **fds = t.fd;
 #else
+    void *fdt = PTR_MEMBER(files, files_struct, fdt);
     u32 max = 0;
     READ_MEMBER(max, fdt, fdtable, max_fds);
     void **fds = PTR_MEMBER(fdt, fdtable, fd);
@@ -1055,6 +1072,8 @@ static __always_inline int stage_start(void *ctx, int run)
         }
         if (run == RUN_KP)
             ret = PT_REGS_RC((struct pt_regs *)ctx);
+        else if (run == RUN_TP && hc->ret_off == SYSCALL_CTX_FIELD && hc->ret_size == 8)
+            ret = *(s64 *)(ctx + SYSCALL_CTX_FIELD);   /* an exit is a sys_exit_* tracepoint */
         else
             ret = read_ctx_field(ctx, hc->ret_off, hc->ret_size, hc->ret_signed);
     }
@@ -1186,13 +1205,6 @@ int kp_start(struct pt_regs *ctx) { return stage_start(ctx, RUN_KP); }
 int kp_arg(struct pt_regs *ctx) { return stage_arg(ctx, RUN_KP); }
 int kp_select(struct pt_regs *ctx) { return stage_select(ctx, RUN_KP); }
 int kp_rest(struct pt_regs *ctx) { return stage_rest(ctx, RUN_KP); }
-
-/* A syscall tracepoint's first argument (sys_enter_*) or return value
- * (sys_exit_*) is 8 bytes at offset 16 of its ctx.  A program that reads
- * there directly, not through a helper, attaches only to tracepoints that
- * long (the kernel checks): the sys_exit_* ones, and the sys_enter_* ones of
- * syscalls with arguments (hook<n>_sysenter). */
-#define SYSCALL_CTX_FIELD 16
 
 /* Raw argument i (0..5) of the hooked call, read alone, as read_raw_args
  * reads them all.  `run` is a constant in each program: a tracepoint program

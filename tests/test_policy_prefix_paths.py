@@ -65,6 +65,8 @@ touch(f"{base}/mnt/f3")            # match: across a mount point
 touch(f"{base}/bind/f1")           # no match: a/f1 seen through a bind mount
 touch(f"{base}/a/x/y/z/w/f4")      # match: deeper
 touch(f"{base}/" + "a" * 200 + "/f5")   # no match: a long first component
+held = [os.open("/dev/null", os.O_RDONLY) for _ in range(100)]
+touch(f"{base}/a/f1")              # match: the fd table outgrew the one in files_struct
 os.chdir(f"{base}/a")
 touch("f1")                        # match: a relative path
 print(json.dumps({"pid": os.getpid()}), flush=True)
@@ -110,6 +112,6 @@ def test_prefix_on_file_paths(setup):
         return [b["args"][1]["file_arg"]["path"] for b in mine if b["policy_name"] == name]
 
     expected = [f"{base}/a/f1", f"{base}/pre-x", f"{base}/a/f1", f"{base}/mnt/f3",
-                f"{base}/a/x/y/z/w/f4", f"{base}/a/f1", f"{base}/a/f1"]
+                f"{base}/a/x/y/z/w/f4", f"{base}/a/f1", f"{base}/a/f1", f"{base}/a/f1"]
     assert paths("prefix-ungated") == expected
     assert paths("prefix-gated") == expected
