@@ -115,3 +115,31 @@ def test_prefix_on_file_paths(setup):
                 f"{base}/a/x/y/z/w/f4", f"{base}/a/f1", f"{base}/a/f1", f"{base}/a/f1"]
     assert paths("prefix-ungated") == expected
     assert paths("prefix-gated") == expected
+
+
+def selectors(*entries: str) -> str:
+    return "".join(f"""    - matchArgs:
+      - index: {index}
+        operator: {op}
+        values: [{", ".join(f'"{v}"' for v in values)}]
+""" for index, op, values in entries)
+
+
+@pytest.mark.parametrize("entries, gate", [
+    ([(1, "Prefix", ["/etc/", "/var/"]), (1, "Prefix", ["/usr/lib/"])], (1, ["/etc/", "/var/", "/usr/lib/"])),
+    ([(1, "Prefix", ["/etc/"]), (0, "Equal", ["3"])], None),        # a selector without a Prefix
+    ([(1, "NotPrefix", ["/etc/"])], None),
+    ([(1, "Postfix", [".conf"])], None),
+    ([(1, "Prefix", ["/etc/", ""])], None),                            # "" is a prefix of every path
+    ([(1, "Equal", ["/etc/passwd"])], None),
+])
+def test_which_hooks_get_a_prefix_gate(entries, gate):
+    """The gate only where every selector needs the file to start with one of
+    its Prefix values: anything else could match a path the gate refuses."""
+    import yaml
+
+    from tetrad.policy.loader import load_document
+    from tetrad.policy.program import prefix_gate
+    text = policy("gate", "/unused").split("    selectors:\n")[0] + "    selectors:\n" + selectors(*entries)
+    loaded = load_document(yaml.safe_load(text), "gate.yaml", 0)
+    assert prefix_gate(loaded.hooks[0]) == gate

@@ -138,6 +138,29 @@ def host_ns(name: str, procfs: str = "/proc") -> int:
         return os.stat(f"/proc/self/ns/{ns}").st_ino
 
 
+def prefix_gate(hook: Hook) -> tuple[int, list[str]] | None:
+    """(position, values) when every selector of the hook needs the file or
+    path at that position to start with one of its Prefix values: the union
+    of those values then decides in bpf/policy.c's prefix gate, from the
+    path's first bytes, that most paths match no selector."""
+    positions = PolicyProgram._positions(hook)
+    gate_pos, union = None, []
+    for sel in hook.selectors:
+        for m in sel.get("matchArgs") or ():
+            pos = positions[m.get("index", 0)]
+            if m["operator"] == "Prefix" and gate_pos in (None, pos) \
+                    and ARG_CLASS.get(hook.args[pos].type) in PATH_CLASSES:
+                gate_pos = pos
+                union += [str(v) for v in m.get("values") or ()]
+                break
+        else:
+            return None
+    # an empty value is a prefix of every path: no gate then
+    if gate_pos is None or not union or not all(union):
+        return None
+    return gate_pos, union
+
+
 class PolicyProgram:
     """The BPF side of one policy.  `on_record(policy_program, bytes)` gets each record."""
 
@@ -246,10 +269,10 @@ class PolicyProgram:
             a.flags = ARGF_RETURN_COPY if arg.return_copy else 0
         if hook.return_arg is not None:
             conf.args[POS_RET].type = ARG_CLASS.get(hook.return_arg.type, 2)
-        prefix_gate = self._prefix_gate(hook, positions)
-        if prefix_gate is not None:
+        gate = prefix_gate(hook)
+        if gate is not None:
             conf.flags |= HOOKF_PREFIX_GATE
-            conf.gate_pos, values = prefix_gate
+            conf.gate_pos, values = gate
             conf.gate_len = max(len(v.encode()) for v in values)
             self._string_values(PREFIX_GATE_SLOT + slot, "Prefix", values)
         self._configure_sources(conf, hook, plan)
@@ -321,27 +344,6 @@ class PolicyProgram:
                 and next(iter(fds)) in positions:
             return source(positions[next(iter(fds))])
         return None
-
-    def _prefix_gate(self, hook: Hook, positions: dict[int, int]) -> tuple[int, list[str]] | None:
-        """(position, values) when every selector of the hook needs the file or
-        path at that position to start with one of its Prefix values: the
-        union of those values then decides in bpf/policy.c's prefix gate, from
-        the path's first bytes, that most paths match no selector."""
-        gate_pos, union = None, []
-        for sel in hook.selectors:
-            for m in sel.get("matchArgs") or ():
-                pos = positions[m.get("index", 0)]
-                if m["operator"] == "Prefix" and gate_pos in (None, pos) \
-                        and ARG_CLASS.get(self._arg_type_at(hook, pos)) in PATH_CLASSES:
-                    gate_pos = pos
-                    union += [str(v) for v in m.get("values") or ()]
-                    break
-            else:
-                return None
-        # an empty value is a prefix of every path: no gate then
-        if gate_pos is None or not union or not all(union):
-            return None
-        return gate_pos, union
 
     @staticmethod
     def _positions(hook: Hook) -> dict[int, int]:
