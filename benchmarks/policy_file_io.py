@@ -12,6 +12,10 @@ the "tracked" runs would measure nothing.  Workloads:
   tar tracked      `tar cf - /etc | cat`, 40 passes: every file of /etc followed and
                    its reads reported (unpaced: more than the daemon can export)
 
+tar's figures are given twice: wall-clock, and the CPU time of tar, cat and
+the shell (user + system, where the BPF programs' time lands); tar and cat
+run on the two cores at once, so each measures what the other misses.
+
 and four configurations, measured in rounds (the daemon started afresh for
 each) so that the drift of a shared machine hits them alike:
 
@@ -32,9 +36,9 @@ event.  Numbers only; nothing is asserted.
     .venv/bin/python benchmarks/policy_file_io.py [--runs 5] [--iterations 100000] [--bpf-stats]
 
 --bpf-stats also prints the time each of the daemon's BPF programs takes per
-run on the untracked loop (kernel.bpf_stats_enabled is set for that run, then
-cleared; it needs bpftool; each run's figure includes about 30 ns of the
-accounting itself, as an empty program shows).
+run on the untracked loop and one untracked tar pass (kernel.bpf_stats_enabled
+is set for those runs, then cleared; it needs bpftool; each run's figure
+includes about 30 ns of the accounting itself, as an empty program shows).
 
 BENCH_POLICY=file runs it under another policy (the daemon rejects unknown
 TETRAD_* variables, hence the name).
@@ -45,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -115,12 +120,13 @@ class Workloads:
         """ns per open/read/close iteration."""
         return float(self.pod.run([PYTHON, "-c", LOOP, path, str(iterations or self.iterations), str(rate)]))
 
-    def tar(self, directory: str, passes: int) -> float:
-        """seconds to archive `directory` `passes` times into a pipe."""
-        t0 = time.perf_counter()
+    def tar(self, directory: str, passes: int) -> tuple[float, float]:
+        """(wall-clock, CPU) seconds to archive `directory` `passes` times into a pipe."""
+        r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
         self.pod.run(["sh", "-c", f"for i in $(seq {passes}); do tar cf - {directory} 2>/dev/null; done "
                                   "| cat > /dev/null"])
-        return time.perf_counter() - t0
+        r1, t1 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+        return t1 - t0, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
 
     def all(self) -> dict:
         return {
@@ -146,6 +152,7 @@ class Daemon:
         deadline = time.monotonic() + 120
         while not self.policies() or any(p["state"] != "loaded" for p in self.policies()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 sys.exit("the daemon did not load the policy: " + (work / "daemon.log").read_text()[-2000:])
             time.sleep(0.2)
 
@@ -200,7 +207,7 @@ class Daemon:
         self.hook_names = {f"hook{n}": h["hook"] for n, h in enumerate(policies[0].get("hooks", []))}
         return sorted({a for p in policies for h in p.get("hooks", []) for a in h["attach"]})
 
-    def bpf_stats(self, workload) -> dict[str, float]:
+    def bpf_stats(self, workload) -> dict[str, tuple[float, int]]:
         """ns per run of each of the daemon's BPF programs during `workload()`."""
         def programs():
             ids = set()
@@ -221,7 +228,7 @@ class Daemon:
             after = programs()
         finally:
             subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
-        out = {}
+        out = {}   # name: (ns per run, runs)
         for name, (ns, runs) in after.items():
             ns0, runs0 = before.get(name, (0, 0))
             if runs - runs0 > 0:
@@ -229,7 +236,8 @@ class Daemon:
         return out
 
     def stop(self) -> None:
-        self.proc.terminate()
+        if self.proc.poll() is None:
+            self.proc.terminate()
         self.proc.wait(10)
 
 
@@ -309,7 +317,10 @@ def main() -> None:
         daemon = Daemon(work, POLICY.read_text())
         try:
             daemon.attach_points()
-            stats = daemon.bpf_stats(loads.all()["loop untracked"]) if args.bpf_stats else {}
+            stats = {}
+            if args.bpf_stats:
+                stats["untracked loop"] = daemon.bpf_stats(loads.all()["loop untracked"])
+                stats["untracked tar, one pass"] = daemon.bpf_stats(lambda: loads.tar("/usr/share/doc", 1))
             hook_names = daemon.hook_names
             # paced: TARGET_EVENTS_PER_S matching events per second in the pod
             before = daemon.quiet()
@@ -339,28 +350,35 @@ def main() -> None:
     print(f"policy {POLICY.name}; attach points: {', '.join(p.split(':')[-1] for p in points)}")
     print(f"{args.runs} rounds of every configuration, median (min); loop in ns per open/read/close, "
           f"tar in ms; events, lost and daemon CPU summed over the rounds")
-    print(f"{'workload':15s} {'untraced':>16s} {'hook floor':>24s} {'raw_syscalls floor':>24s} "
+    print(f"{'workload':17s} {'untraced':>16s} {'hook floor':>24s} {'raw_syscalls floor':>24s} "
           f"{'tetrad':>24s} {'events':>8s} {'lost':>7s} {'daemon CPU':>10s}")
     for name in names:
-        scale = 1 if name.startswith("loop") else 1000
-        base = median(results["untraced"][name])
+        # tar's runs are (wall-clock, CPU): a row for each
+        for row, part in ((name, None),) if name.startswith("loop") else ((name, 0), (name + " CPU", 1)):
+            scale = 1 if part is None else 1000
+            series = {c: [x if part is None else x[part] for x in results[c][name]] for c in results}
+            base = median(series["untraced"])
 
-        def cell(xs):
-            return f"{median(xs) * scale:8.0f} ({min(xs) * scale:.0f})"
+            def cell(xs):
+                return f"{median(xs) * scale:8.0f} ({min(xs) * scale:.0f})"
 
-        def ratio(xs):
-            return f"{median(xs) / base:.3f}x"
+            def ratio(xs):
+                return f"{median(xs) / base:.3f}x"
 
-        print(f"{name:15s} {cell(results['untraced'][name]):>16s} "
-              f"{cell(results['floor'][name]) + ' ' + ratio(results['floor'][name]):>24s} "
-              f"{cell(results['raw floor'][name]) + ' ' + ratio(results['raw floor'][name]):>24s} "
-              f"{cell(results['tetrad'][name]) + ' ' + ratio(results['tetrad'][name]):>24s} "
-              f"{events[name]:8,d} {lost[name]:7,d} {cpu[name]:9.2f}s")
-    if stats:
-        print(f"BPF programs on the untracked loop ({args.iterations:,} iterations), ns per run:")
-        for name, (ns, runs) in sorted(stats.items()):
+            counts = f"{events[name]:8,d} {lost[name]:7,d} {cpu[name]:9.2f}s" if part != 1 else ""
+            print(f"{row:17s} {cell(series['untraced']):>16s} "
+                  f"{cell(series['floor']) + ' ' + ratio(series['floor']):>24s} "
+                  f"{cell(series['raw floor']) + ' ' + ratio(series['raw floor']):>24s} "
+                  f"{cell(series['tetrad']) + ' ' + ratio(series['tetrad']):>24s} {counts}")
+    for workload, programs in stats.items():
+        per = args.iterations if workload.endswith("loop") else 0
+        total = sum(ns * runs for ns, runs in programs.values())
+        print(f"BPF programs on the {workload}, ns per run"
+              + (f" (in all {total / per:.0f} ns per iteration):" if per else f" (in all {total / 1e6:.1f} ms):"))
+        for name, (ns, runs) in sorted(programs.items()):
             hook = hook_names.get(name.rsplit("_", 1)[0], "")
-            print(f"  {name:36s} {hook:20s} {ns:7.1f} ns x {runs / args.iterations:.2f} per iteration")
+            times = f"x {runs / per:.2f} per iteration" if per else f"x {runs:,}"
+            print(f"  {name:36s} {hook:20s} {ns:7.1f} ns {times}")
     print(f"paced:  {paced_events:,} process_kprobe exported in {paced_s:.1f}s of a loop in the pod paced "
           f"to {TARGET_EVENTS_PER_S:,} matching events/s ({paced_events / paced_s:,.0f}/s); "
           f"lost in kernel: {paced_lost:,}")

@@ -33,24 +33,43 @@ static __always_inline void *dentry_parent_name(void *dentry, void **name)
 }
 #endif
 
+/* A mount's parent, mount point and root dentry, in one read where they lie
+ * together (they do in every kernel we know: mnt_parent, mnt_mountpoint,
+ * then the vfsmount, whose mnt_root comes first). */
+struct mount_link { void *parent; void *mountpoint; void *root; };
+#if OFF_mount__mnt_mountpoint == OFF_mount__mnt_parent + 8 && \
+    OFF_mount__mnt + OFF_vfsmount__mnt_root == OFF_mount__mnt_parent + 16
+static __always_inline void read_mount(struct mount_link *m, void *mnt)
+{
+    bpf_probe_read_kernel(m, sizeof(*m), mnt + OFF_mount__mnt_parent);
+}
+#else
+static __always_inline void read_mount(struct mount_link *m, void *mnt)
+{
+    m->parent = PTR_MEMBER(mnt, mount, mnt_parent);
+    m->mountpoint = PTR_MEMBER(mnt, mount, mnt_mountpoint);
+    m->root = PTR_MEMBER(mnt + OFF_mount__mnt, vfsmount, mnt_root);
+}
+#endif
+
 /* Collect the components of (dentry, vfsmount) up to the global root, leaf
  * first, crossing mount points.  Returns how many; sets *truncated when the
  * path is deeper than PATH_DEPTH.  A file open costs this walk: one read per
- * component, the mount's root read once per mount. */
+ * component and one per mount. */
 static __always_inline u32 collect_path(struct path_walk *w, void *dentry, void *vfsmnt, u32 *truncated)
 {
     void *mnt = vfsmnt - OFF_mount__mnt;
-    void *mnt_root = PTR_MEMBER(vfsmnt, vfsmount, mnt_root);
+    struct mount_link m = {};
+    read_mount(&m, mnt);
     volatile u32 *n = &w->n;
     *n = 0;
     for (int i = 0; i < PATH_DEPTH + 8; i++) {
-        if (dentry == mnt_root) {
-            void *parent_mnt = PTR_MEMBER(mnt, mount, mnt_parent);
-            if (parent_mnt == mnt)   /* the global root */
+        if (dentry == m.root) {
+            if (m.parent == mnt)   /* the global root */
                 return *n;
-            dentry = PTR_MEMBER(mnt, mount, mnt_mountpoint);
-            mnt = parent_mnt;
-            mnt_root = PTR_MEMBER(mnt + OFF_mount__mnt, vfsmount, mnt_root);
+            dentry = m.mountpoint;
+            mnt = m.parent;
+            read_mount(&m, mnt);
             continue;
         }
         void *name = 0;

@@ -53,6 +53,8 @@
 #define HOOKF_KPROBE          (1u << 1)   /* ctx is struct pt_regs */
 #define HOOKF_SYSCALL_WRAPPER (1u << 2)   /* the real arguments sit behind a pt_regs pointer */
 #define HOOKF_FD_GATE         (1u << 3)   /* nothing to do unless raw argument fd_src is a followed fd */
+#define HOOKF_PREFIX_GATE     (1u << 4)   /* nothing to do unless the path at gate_pos starts with a
+                                             value under PREFIX_GATE_SLOT */
 
 /* emulation modes (tetrad/policy/hooks.py EMU_*) */
 #define EMU_NONE        0
@@ -115,7 +117,9 @@ struct hook_conf {
     u8 ret_size;
     u8 ret_signed;
     u8 fd_src;                            /* HOOKF_FD_GATE: the raw argument holding the fd */
-    u8 pad[3];
+    u8 gate_pos;                          /* HOOKF_PREFIX_GATE: the file or path position ... */
+    u8 gate_len;                          /* ... and the bytes of it that decide (the longest value) */
+    u8 pad;
 };
 
 struct match_conf {
@@ -202,6 +206,10 @@ struct policy_record {
 #define RECF_TRUNCATED (1u << 0)
 #define RECF_CONF1     (1u << 1)   /* judged by configuration 1 (see `hooks`) */
 
+/* The str_prefix slot of a hook's prefix gate: past every selector's slots
+ * (tetrad/policy/program.py PREFIX_GATE_SLOT) */
+#define PREFIX_GATE_SLOT(hook) (0x10000 + (hook))
+
 struct eq_key { u32 slot; char s[STR_KEY]; };
 struct prefix_key { u32 prefixlen; u32 slot; char s[PREFIX_KEY]; };
 struct postfix_key { u32 prefixlen; u32 slot; char s[POSTFIX_KEY]; };
@@ -223,6 +231,8 @@ struct scratch {
     u32 drop;
     s32 verdict;                    /* an LSM program's return: 0, or Override's error */
     struct path_walk walk;
+    u32 walked;                     /* position + 1 whose path is in walk (the prefix gate's) */
+    u32 walk_truncated;
     struct eq_key eq_key;
     struct prefix_key prefix_key;
     struct postfix_key postfix_key;
@@ -272,6 +282,12 @@ static __always_inline int in_scope(void)
 /* arguments saved at entry for the exit; LRU, since an exit can be missed
  * (a hook attached between a thread's entry and exit, exit_group, execve) */
 BPF_TABLE("lru_hash", struct saved_key, struct saved_args, saved, 16384);
+/* Entries of `saved` per hook slot: counted up as an entry saves one, down as
+ * its exit takes it back.  Most exits of a hook attached at both ends find
+ * the count 0 and skip the lookup (reads of fds that are not followed: their
+ * entries saved nothing).  An entry never taken back (the LRU dropped it, its
+ * exit did not run) leaves the count high: lookups again, never a missed exit. */
+BPF_ARRAY(saved_count, u64, NHOOKS);
 BPF_TABLE("lru_hash", struct fd_key, struct fd_path, fd_paths, 8192);
 BPF_HASH(str_eq, struct eq_key, u8, 1024);
 BPF_LPM_TRIE(str_prefix, struct prefix_key, u8, 1024);
@@ -279,6 +295,13 @@ BPF_LPM_TRIE(str_postfix, struct postfix_key, u8, 1024);
 BPF_HASH(pid_set, struct pid_key, u8, 1024);
 BPF_LPM_TRIE(addr_trie, struct addr_key, u8, 1024);
 BPF_TABLE("lru_hash", struct rate_key, u64, rate_last, 8192);
+
+/* A syscall tracepoint's first argument (sys_enter_*) or return value
+ * (sys_exit_*) is 8 bytes at offset 16 of its ctx.  A program that reads
+ * there directly, not through a helper, attaches only to tracepoints that
+ * long (the kernel checks): the sys_exit_* ones, and the sys_enter_* ones of
+ * syscalls with arguments (hook<n>_sysenter). */
+#define SYSCALL_CTX_FIELD 16
 
 static __always_inline u64 sign_extend(u64 v, u32 size, u32 is_signed)
 {
@@ -401,13 +424,23 @@ static __always_inline void *file_of_fd(u64 fd)
 {
     void *task = (void *)bpf_get_current_task();
     void *files = PTR_MEMBER(task, task_struct, files);
+#if OFF_fdtable__max_fds == 0 && OFF_fdtable__fd == 8 && OFF_files_struct__fdtab == OFF_files_struct__fdt + 8
+    /* fdt and the fdtable embedded right after it in one read: a process
+     * with at most 64 fds uses the embedded one */
+    struct { void *fdt; u32 max_fds; u32 pad; void **fd; } t = {};
+    bpf_probe_read_kernel(&t, sizeof(t), files + OFF_files_struct__fdt);
+    if (t.fdt != files + OFF_files_struct__fdtab)
+        bpf_probe_read_kernel(&t.max_fds, 16, t.fdt);   /* max_fds and fd in one read */
+    u32 max = t.max_fds;
+    void **fds = t.fd;
+#elif OFF_fdtable__max_fds == 0 && OFF_fdtable__fd == 8
     void *fdt = PTR_MEMBER(files, files_struct, fdt);
-#if OFF_fdtable__max_fds == 0 && OFF_fdtable__fd == 8
     struct { u32 max_fds; u32 pad; void **fd; } t = {};   /* both in one read */
     bpf_probe_read_kernel(&t, sizeof(t), fdt);
     u32 max = t.max_fds;
     void **fds = t.fd;
 #else
+    void *fdt = PTR_MEMBER(files, files_struct, fdt);
     u32 max = 0;
     READ_MEMBER(max, fdt, fdtable, max_fds);
     void **fds = PTR_MEMBER(fdt, fdtable, fd);
@@ -521,14 +554,35 @@ static __always_inline void read_sockaddr(struct sock_info *si, void *addr)
         __builtin_memcpy(si->saddr, raw + 4, 4);
 }
 
-/* Append a path (dentry, vfsmount) to the record's data. */
-static __always_inline void append_path(struct scratch *s, void *dentry, void *vfsmnt)
+/* Collect a path (dentry, vfsmount) into s->walk. */
+static __always_inline void walk_path(struct scratch *s, void *dentry, void *vfsmnt)
 {
     u32 truncated = 0;
-    u32 n = collect_path(&s->walk, dentry, vfsmnt, &truncated);
-    write_path(s->rec.data, &s->pos, DATA_LIMIT, &s->walk, n);
-    if (truncated)
+    collect_path(&s->walk, dentry, vfsmnt, &truncated);
+    s->walk_truncated = truncated;
+    s->walked = 0;
+}
+
+/* Append the path in s->walk to the record's data, up to `limit`. */
+static __always_inline void append_walk(struct scratch *s, u32 limit)
+{
+    write_path(s->rec.data, &s->pos, limit, &s->walk, s->walk.n);
+    if (s->walk_truncated)
         s->rec.flags |= RECF_TRUNCATED;
+}
+
+/* Collect the path of an ARG_FILE (a struct file) or ARG_PATH (a struct path). */
+static __always_inline void walk_file_path(struct scratch *s, void *v, u32 type)
+{
+    /* a file's f_path is a struct path */
+    void *path = v + (type == ARG_FILE ? OFF_file__f_path_mnt - OFF_path__mnt : 0);
+#if OFF_path__mnt == 0 && OFF_path__dentry == 8
+    void *mnt_dentry[2] = {};   /* both in one read */
+    bpf_probe_read_kernel(mnt_dentry, sizeof(mnt_dentry), path);
+    walk_path(s, mnt_dentry[1], mnt_dentry[0]);
+#else
+    walk_path(s, PTR_MEMBER(path, path, dentry), PTR_MEMBER(path, path, mnt));
+#endif
 }
 
 /* Read the value at position `p` into the record. */
@@ -601,20 +655,14 @@ static __always_inline void read_value(struct scratch *s, struct arg_conf *ac, u
         break;
     }
     case ARG_FILE:
-    case ARG_PATH: {
-        /* a file's f_path is a struct path */
-        void *path = (void *)v + (ac->type == ARG_FILE ? OFF_file__f_path_mnt - OFF_path__mnt : 0);
+    case ARG_PATH:
         if (!v)
             break;
-#if OFF_path__mnt == 0 && OFF_path__dentry == 8
-        void *mnt_dentry[2] = {};   /* both in one read */
-        bpf_probe_read_kernel(mnt_dentry, sizeof(mnt_dentry), path);
-        append_path(s, mnt_dentry[1], mnt_dentry[0]);
-#else
-        append_path(s, PTR_MEMBER(path, path, dentry), PTR_MEMBER(path, path, mnt));
-#endif
+        /* the prefix gate walked this path already */
+        if (s->walked != p + 1)
+            walk_file_path(s, (void *)v, ac->type);
+        append_walk(s, DATA_LIMIT);
         break;
-    }
     case ARG_SOCK:
     case ARG_SOCKADDR: {
         struct sock_info *si = (struct sock_info *)dst;
@@ -822,8 +870,10 @@ static __always_inline void binary_path(struct scratch *s, void *task)
     void *exe = mm ? PTR_MEMBER(mm, mm_struct, exe_file) : 0;
     u32 end = s->pos;
     s->off[POS_BINARY] = end;
-    if (exe)
-        append_path(s, PTR_MEMBER(exe, file, f_path_dentry), PTR_MEMBER(exe, file, f_path_mnt));
+    if (exe) {
+        walk_path(s, PTR_MEMBER(exe, file, f_path_dentry), PTR_MEMBER(exe, file, f_path_mnt));
+        append_walk(s, DATA_LIMIT);
+    }
     s->len[POS_BINARY] = s->pos - end;
     s->pos = end;
 }
@@ -1120,6 +1170,36 @@ static __always_inline void emit(struct scratch *s)
     }
 }
 
+/* The prefix gate: each selector of the hook needs the file or path at
+ * gate_pos to start with one of its Prefix values, and the union of those
+ * values is under PREFIX_GATE_SLOT.  So a path that starts with none of
+ * them matches no selector, and the path's first gate_len bytes say so: the
+ * walk up to the root, but the names of the first components only, and no
+ * other argument, record or stage (most files opened are not followed). */
+static __always_inline int prefix_gate_passes(struct scratch *s, struct hook_conf *hc, u32 conf)
+{
+    u32 p = hc->gate_pos;
+    if (p >= MAX_ARGS)
+        return 1;
+    struct arg_conf *ac = &hc->args[p];
+    u32 src = ac->src;
+    BOUND(src, 7);
+    void *v = (void *)s->raw[src];
+    s->pos = 0;
+    if (v) {
+        walk_file_path(s, v, ac->type);
+        s->walked = p + 1;   /* for the argument's stage, if it comes to that */
+        /* writes components while fewer than gate_len bytes are written */
+        append_walk(s, hc->gate_len + PATH_NAME_MAX);
+    }
+    u32 n = s->pos < PREFIX_KEY ? s->pos : PREFIX_KEY;
+    s->prefix_key.slot = PREFIX_GATE_SLOT(conf);
+    s->prefix_key.prefixlen = 32 + n * 8;
+    BOUND(n, 255);
+    bpf_probe_read_kernel(s->prefix_key.s, n, s->rec.data);
+    return str_prefix.lookup(&s->prefix_key) != 0;
+}
+
 static __always_inline int stage_start(void *ctx, int run)
 {
     struct scratch *s = get_scratch();
@@ -1144,7 +1224,9 @@ static __always_inline int stage_start(void *ctx, int run)
         if (run >= RUN_LSM && !adapt_lsm_args(lsm_adapt(run), s->raw))
             return 0;
         if (hc->flags & HOOKF_AT_EXIT) {
-            saved.update(&sk, (struct saved_args *)s->raw);
+            u64 *count = saved_count.lookup(&slot);
+            if (count && saved.update(&sk, (struct saved_args *)s->raw) == 0)
+                __sync_fetch_and_add(count, 1);
             return 0;
         }
     } else {
@@ -1152,7 +1234,9 @@ static __always_inline int stage_start(void *ctx, int run)
         struct saved_args *sa = (hc->flags & HOOKF_AT_EXIT) ? saved.lookup(&sk) : 0;
         if (sa) {
             __builtin_memcpy(s->raw, sa->raw, sizeof(sa->raw));
-            saved.delete(&sk);
+            u64 *count = saved_count.lookup(&slot);
+            if (saved.delete(&sk) == 0 && count)
+                __sync_fetch_and_add(count, -1);
         } else if (run >= RUN_FENTRY) {
             read_raw_args(ctx, hc, s->raw, run);   /* fexit sees the arguments too */
         } else if (hc->mode == EMU_FD_INSTALL || hc->mode == EMU_FILE_OPEN) {
@@ -1162,10 +1246,15 @@ static __always_inline int stage_start(void *ctx, int run)
         }
         if (run == RUN_KP)
             ret = PT_REGS_RC((struct pt_regs *)ctx);
+        else if (run == RUN_TP && hc->ret_off == SYSCALL_CTX_FIELD && hc->ret_size == 8)
+            ret = *(s64 *)(ctx + SYSCALL_CTX_FIELD);   /* an exit is a sys_exit_* tracepoint */
         else
             ret = read_ctx_field(ctx, hc->ret_off, hc->ret_size, hc->ret_signed);
     }
     if (hc->mode != EMU_NONE && !emulate(hc->mode, s->raw, ret))
+        return 0;
+    s->walked = 0;
+    if ((hc->flags & HOOKF_PREFIX_GATE) && !prefix_gate_passes(s, hc, conf))   /* values per configuration */
         return 0;
 
     struct policy_record *r = &s->rec;
@@ -1301,8 +1390,9 @@ int kp_rest(struct pt_regs *ctx) { return stage_rest(ctx, RUN_KP); }
 
 /* Raw argument i (0..5) of the hooked call, read alone, as read_raw_args
  * reads them all.  `run` is a constant in each program: a tracepoint program
- * must not hold the pt_regs reads, which its verifier refuses. */
-static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, int run)
+ * must not hold the pt_regs reads, which its verifier refuses; `syscall_ctx`
+ * (a constant too) says that ctx is a syscall tracepoint's with arguments. */
+static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, int run, int syscall_ctx)
 {
     u64 v = 0;
     if (i >= RAW_ARGS)
@@ -1320,6 +1410,8 @@ static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, 
         bpf_probe_read_kernel(&v, 8, read_ptr(ctx) + off);
         return v;
     }
+    if (run == RUN_TP && syscall_ctx && hc->tp_off[i] == SYSCALL_CTX_FIELD && hc->tp_size[i] == 8)
+        return *(u64 *)(ctx + SYSCALL_CTX_FIELD);
     if (run == RUN_TP)
         return read_ctx_field(ctx, hc->tp_off[i], hc->tp_size[i], hc->tp_signed[i]);
     struct pt_regs *regs = ctx;
@@ -1333,25 +1425,33 @@ static __always_inline u64 read_raw_arg(void *ctx, struct hook_conf *hc, u32 i, 
 }
 
 /* Most calls of a hooked syscall produce nothing: a read or close of an fd
- * that is not followed, the exit of a call whose entry saved nothing.  Each
- * is decided here with one map lookup, before the tail calls, the scratch
- * set-up and the argument reads of the stages. */
+ * that is not followed, the exit of a call whose entry saved nothing, a
+ * failed open under an fd_install or security_file_open equivalent.  Each is
+ * decided here with one map lookup or none, before the tail calls, the
+ * scratch set-up and the argument reads of the stages. */
 static __always_inline int nothing_to_do(void *ctx, struct hook_conf *hc, u32 slot, u32 phase,
-                                         u64 pid_tgid, int run)
+                                         u64 pid_tgid, int run, int syscall_ctx)
 {
     /* the gate: at entry, or at the exit of a hook attached there alone (fexit) */
     if ((phase == PHASE_ENTER || !(hc->flags & HOOKF_AT_EXIT)) && (hc->flags & HOOKF_FD_GATE)) {
-        struct fd_key fk = {.tgid = pid_tgid >> 32, .fd = (u32)read_raw_arg(ctx, hc, hc->fd_src, run)};
+        struct fd_key fk = {.tgid = pid_tgid >> 32,
+                            .fd = (u32)read_raw_arg(ctx, hc, hc->fd_src, run, syscall_ctx)};
         return !fd_paths.lookup(&fk);
     }
     if (phase == PHASE_EXIT && (hc->flags & HOOKF_AT_EXIT)) {
+        u64 *count = saved_count.lookup(&slot);
+        if (count && *count == 0)
+            return 1;
         struct saved_key sk = {.pid_tgid = pid_tgid, .slot = slot};
         return !saved.lookup(&sk);
     }
+    if (phase == PHASE_EXIT && run == RUN_TP && syscall_ctx &&
+        (hc->mode == EMU_FD_INSTALL || hc->mode == EMU_FILE_OPEN))
+        return (s64)*(u64 *)(ctx + SYSCALL_CTX_FIELD) < 0;   /* as emulate() decides */
     return 0;
 }
 
-static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int run)
+static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int run, int syscall_ctx)
 {
     u32 zero = 0, one = 1;
     u32 *enabled = settings.lookup(&zero);
@@ -1361,7 +1461,7 @@ static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int run)
         return 0;
     u32 conf = *enabled == 2 ? slot + NHOOKS : slot;   /* read once: the event's configuration */
     struct hook_conf *hc = hooks.lookup(&conf);
-    if (!hc || nothing_to_do(ctx, hc, slot, phase, pid_tgid, run))
+    if (!hc || nothing_to_do(ctx, hc, slot, phase, pid_tgid, run, syscall_ctx))
         return 0;
     struct scratch *s = get_scratch();
     if (!s)
@@ -1379,29 +1479,32 @@ static __always_inline int dispatch(void *ctx, u32 slot, u32 phase, int run)
  * programs of the slot's function (tetrad/policy/fentry.py). */
 #if FENTRY_GROUPS > 0
 #define FENTRY_HOOK(n) \
-    int fhook##n##_enter(u64 *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_FENTRY + FENTRY_GROUP_##n); } \
-    int fhook##n##_exit(u64 *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_FENTRY + FENTRY_GROUP_##n); }
+    int fhook##n##_enter(u64 *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_FENTRY + FENTRY_GROUP_##n, 0); } \
+    int fhook##n##_exit(u64 *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_FENTRY + FENTRY_GROUP_##n, 0); }
 #else
 #define FENTRY_HOOK(n)
 #endif
 
 #ifndef WITHOUT_TP
 #define TP_HOOK(n) \
-    int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_TP); } \
-    int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_TP); }
+    int hook##n##_enter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_TP, 0); } \
+    int hook##n##_sysenter(void *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_TP, 1); } \
+    int hook##n##_exit(void *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_TP, 1); }
 #else
 #define TP_HOOK(n)
 #endif
 #ifndef WITHOUT_KP
 #define KP_HOOK(n) \
-    int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_KP); } \
-    int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_KP); }
+    int khook##n##_enter(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_ENTER, RUN_KP, 0); } \
+    int khook##n##_exit(struct pt_regs *ctx) { return dispatch(ctx, n, PHASE_EXIT, RUN_KP, 0); }
 #else
 #define KP_HOOK(n)
 #endif
 
-/* Each slot's entry points: hook<n>_* for tracepoints, khook<n>_* for kprobes and uprobes,
- * fhook<n>_* for fentry/fexit. */
+/* Each slot's entry points: hook<n>_* for tracepoints (hook<n>_sysenter on a
+ * sys_enter_* tracepoint of a syscall with arguments, hook<n>_exit only ever
+ * on sys_exit_* ones), khook<n>_* for kprobes and uprobes, fhook<n>_* for
+ * fentry/fexit. */
 #define HOOK(n) TP_HOOK(n) KP_HOOK(n) FENTRY_HOOK(n)
 
 HOOK(0)
@@ -1483,7 +1586,7 @@ FENTRY_STAGES(3)
 #define NAME_(prefix, hook) prefix##hook
 #define NAME(prefix, hook) NAME_(prefix, hook)
 #define LSM_PROGRAMS(i, L, slot, hook) \
-    int NAME(lsE##L##_, hook)(u64 *ctx) { return dispatch(ctx, slot, PHASE_ENTER, RUN_LSM + i); } \
+    int NAME(lsE##L##_, hook)(u64 *ctx) { return dispatch(ctx, slot, PHASE_ENTER, RUN_LSM + i, 0); } \
     int NAME(lsS##L##_, hook)(u64 *ctx) { return stage_start(ctx, RUN_LSM + i); } \
     int NAME(lsA##L##_, hook)(u64 *ctx) { return stage_arg(ctx, RUN_LSM + i); } \
     int NAME(lsL##L##_, hook)(u64 *ctx) { return stage_select(ctx, RUN_LSM + i); } \

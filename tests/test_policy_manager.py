@@ -154,6 +154,51 @@ def test_a_changed_value_is_switched_in_on_the_same_programs(manager, tmp_path):
     assert len(calls(m, 6105)) == 1
 
 
+FILE_PREFIX_POLICY = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: api-a
+spec:
+  kprobes:
+  - call: security_file_open
+    syscall: false
+    args:
+    - index: 0
+      type: file
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: Prefix
+        values: ["{prefix}"]
+"""
+
+
+def opened(m, path) -> bool:
+    """Open `path` in a child; whether the policy reported it."""
+    child = subprocess.Popen(["/usr/bin/python3", "-c", f"open({str(path)!r}).close()"])
+    child.wait(30)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        m.poller.wait(50)
+    return any(e["process_kprobe"]["process"]["pid"] == child.pid for e in m.got)
+
+
+def test_a_changed_prefix_is_judged_by_the_gate_of_the_new_configuration(manager, tmp_path):
+    # every selector needs a Prefix here, so the path's first bytes are checked
+    # first against the union of the values (the prefix gate): each
+    # configuration must have its own gate values
+    m = manager
+    for d in ("one", "two"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "f").write_text("x")
+    path = tmp_path / "dir" / "a.yaml"
+    for prefix, seen, unseen in (("one", "one", "two"), ("two", "two", "one"), ("one", "one", "two")):
+        path.write_text(FILE_PREFIX_POLICY.format(prefix=f"{tmp_path}/{prefix}/"))
+        m.reload()
+        assert opened(m, tmp_path / seen / "f"), prefix
+        assert not opened(m, tmp_path / unseen / "f"), prefix
+
+
 def test_the_watcher_tells_a_file_being_written_from_a_whole_change(tmp_path):
     from tetrad.policy.inotify import DirectoryWatcher
     w = DirectoryWatcher(str(tmp_path))

@@ -25,6 +25,7 @@ def test_every_policy_program_passes_the_verifier():
             for phase in ("enter", "exit"):
                 loaded.append(bpf.load_func(f"hook{slot}_{phase}".encode(), BPF.TRACEPOINT))
                 loaded.append(bpf.load_func(f"khook{slot}_{phase}".encode(), BPF.KPROBE))
+            loaded.append(bpf.load_func(f"hook{slot}_sysenter".encode(), BPF.TRACEPOINT))
         for name in ("follow_exec", "follow_match", "follow_fork", "follow_exit"):   # followChildren
             loaded.append(bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT))
         assert all(fn.fd >= 0 for fn in loaded)

@@ -99,6 +99,7 @@ PROCESS_MEMBERS: tuple[Member, ...] = (
 POLICY_MEMBERS: tuple[Member, ...] = (
     Member("task_struct", "files"),
     Member("files_struct", "fdt"),
+    Member("files_struct", "fdtab"),
     Member("fdtable", "fd"),
     Member("fdtable", "max_fds"),
     Member("file", "f_path.dentry"),

@@ -62,7 +62,8 @@ OPS = {
 ACTIONS = {"Post": 1, "NoPost": 2, "FollowFD": 3, "UnfollowFD": 4, "CopyFD": 5, "Signal": 6,
            "Sigkill": 7, "Override": 8}
 ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
-HOOKF_AT_EXIT, HOOKF_KPROBE, HOOKF_SYSCALL_WRAPPER, HOOKF_FD_GATE = 1, 2, 4, 8
+HOOKF_AT_EXIT, HOOKF_KPROBE, HOOKF_SYSCALL_WRAPPER, HOOKF_FD_GATE, HOOKF_PREFIX_GATE = 1, 2, 4, 8, 16
+PREFIX_GATE_SLOT = 0x10000   # + hook slot: the str_prefix slot of a hook's prefix gate
 ARGF_RETURN_COPY = 1
 RUNNER_STAGES = ("start", "arg", "select", "rest")
 MAX_LSM_HOOKS = 4       # bpf/policy.c: each lsmhook has its own programs
@@ -79,6 +80,7 @@ CAP_SETS = {"Effective": 0, "Inheritable": 1, "Permitted": 2}
 FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10}
 PROTOCOLS = {"IPPROTO_ICMP": 1, "IPPROTO_TCP": 6, "IPPROTO_UDP": 17, "IPPROTO_RAW": 255}
 STRING_CLASSES = {9, 10, 11, 12, 13}
+PATH_CLASSES = {12, 13}   # file, path: built from dentries in the kernel
 SOCK_CLASSES = {14, 15}
 CONFIGURATIONS = 2      # bpf/policy.c: hooks, selectors and values twice, settings[0] says which
 MATCH_SLOTS = 8         # value slots per selector (matchArgs, matchReturnArgs, binaries, parents)
@@ -170,6 +172,29 @@ def follows_children(policy: Policy) -> bool:
     """Whether a selector has matchBinaries/matchParentBinaries followChildren."""
     return any(b.get("followChildren") for h in policy.hooks for sel in h.selectors
                for key in ("matchBinaries", "matchParentBinaries") for b in sel.get(key) or ())
+
+
+def prefix_gate(hook: Hook) -> tuple[int, list[str]] | None:
+    """(position, values) when every selector of the hook needs the file or
+    path at that position to start with one of its Prefix values: the union
+    of those values then decides in bpf/policy.c's prefix gate, from the
+    path's first bytes, that most paths match no selector."""
+    positions = PolicyProgram._positions(hook)
+    gate_pos, union = None, []
+    for sel in hook.selectors:
+        for m in sel.get("matchArgs") or ():
+            pos = positions[m.get("index", 0)]
+            if m["operator"] == "Prefix" and gate_pos in (None, pos) \
+                    and ARG_CLASS.get(hook.args[pos].type) in PATH_CLASSES:
+                gate_pos = pos
+                union += [str(v) for v in m.get("values") or ()]
+                break
+        else:
+            return None
+    # an empty value is a prefix of every path: no gate then
+    if gate_pos is None or not union or not all(union):
+        return None
+    return gate_pos, union
 
 
 class PolicyProgram:
@@ -322,6 +347,10 @@ class PolicyProgram:
             low, high = conf * per_conf * per_selector, (conf + 1) * per_conf * per_selector
             for key in [k for k in table.keys() if low <= k.slot < high]:
                 del table[key]
+        gates = range(PREFIX_GATE_SLOT + conf * self.nhooks, PREFIX_GATE_SLOT + (conf + 1) * self.nhooks)
+        table = self.bpf["str_prefix"]
+        for key in [k for k in table.keys() if k.slot in gates]:
+            del table[key]
 
     def _load_lsm(self, i: int, hook: Hook, target: str) -> None:
         """BPF LSM hook i (on `target`): its stages into its own program array, then its entry attached."""
@@ -427,6 +456,12 @@ class PolicyProgram:
             a.flags = ARGF_RETURN_COPY if arg.return_copy else 0
         if hook.return_arg is not None:
             conf.args[POS_RET].type = ARG_CLASS.get(hook.return_arg.type, 2)
+        gate = prefix_gate(hook)
+        if gate is not None:
+            conf.flags |= HOOKF_PREFIX_GATE
+            conf.gate_pos, values = gate
+            conf.gate_len = max(len(v.encode()) for v in values)
+            self._string_values(PREFIX_GATE_SLOT + slot, "Prefix", values)
         self._configure_sources(conf, hook, plan)
         self.bpf["hooks"][ctypes.c_int(slot)] = conf
         for k, sel in enumerate(hook.selectors):
@@ -637,6 +672,9 @@ class PolicyProgram:
         kprobe_ctx = plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
         for kind, target, phase in plan.attach:
             fn = f"{'khook' if kprobe_ctx else 'hook'}{slot}_{'enter' if phase == ENTER else 'exit'}"
+            if kind == "tracepoint" and phase == ENTER and target.startswith("syscalls:sys_enter_") \
+                    and _syscall_arg_fields(self.tracefs, target):
+                fn = f"hook{slot}_sysenter"   # reads its first argument without a helper
             try:
                 if kind == "tracepoint":
                     self.bpf.attach_tracepoint(tp=target, fn_name=fn)
