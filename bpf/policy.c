@@ -1221,12 +1221,18 @@ static __always_inline int stage_start(void *ctx, int run)
     struct saved_key sk = {.pid_tgid = pid_tgid, .slot = slot};
     if (s->phase == PHASE_ENTER) {
         read_raw_args(ctx, hc, s->raw, run);
-        if (run >= RUN_LSM && !adapt_lsm_args(lsm_adapt(run), s->raw))
+        if (IS_LSM(run) && !adapt_lsm_args(lsm_adapt(run), s->raw))
             return 0;
         if (hc->flags & HOOKF_AT_EXIT) {
-            u64 *count = saved_count.lookup(&slot);
-            if (count && saved.update(&sk, (struct saved_args *)s->raw) == 0)
-                __sync_fetch_and_add(count, 1);
+            /* counted only when new: an entry left by a missed exit is overwritten,
+             * and counting it again would keep the count above zero for good */
+            if (saved.insert(&sk, (struct saved_args *)s->raw) == 0) {
+                u64 *count = saved_count.lookup(&slot);
+                if (count)
+                    __sync_fetch_and_add(count, 1);
+            } else {
+                saved.update(&sk, (struct saved_args *)s->raw);
+            }
             return 0;
         }
     } else {
