@@ -528,6 +528,8 @@ class PolicyManager:
         try:
             # what the configuration about to be overwritten judged is rendered by its route first
             program.consume()
+            if not e.enabled:
+                program.set_enabled(False)   # before the switch: a disabled policy judges nothing
             if not program.reconfigure(e.policy, e.plans):
                 return False
         except Exception as err:   # e.g. a full value map: new programs instead
