@@ -203,7 +203,10 @@ def _lsm_override_plan(hook: Hook, features, force: str) -> Plan:
     if force != "auto":
         raise PlanError(f'kprobe "{hook.name}": hook-backend={force} forced, but its Override '
                         f"is enforced by BPF LSM ({choice.target})")
-    eq = overrides.EQUIVALENTS[overrides.function_key(hook.name, hook.syscall)]
+    eq = overrides.EQUIVALENTS.get(overrides.function_key(hook.name, hook.syscall))
+    if eq is None:   # backends knows the name under a prefix this table does not strip
+        raise PlanError(f'kprobe "{hook.name}": Override cannot be honoured here: tetrad has no '
+                        "BPF LSM equivalent under this name")
     missing = overrides.unsupplied(hook, eq)
     if missing:
         raise PlanError(f'kprobe "{hook.name}": its Override is enforced by BPF LSM ({eq.targets}), '
