@@ -20,6 +20,7 @@ configuration or the new one, never by a mix.
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import logging
 import os
@@ -71,6 +72,8 @@ LSM_LETTERS = "abcd"    # lsmhook i's programs are ls<E|S|A|L|R><letter>_<hook>
 LSM_STAGE_PREFIX = "SALR"   # start, arg, select, rest
 MAX_FENTRY_GROUPS = 4   # bpf/policy.c: fentry hooks of one prototype and end share programs
 KPROBE_CTX_BACKENDS = (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)   # ctx: struct pt_regs
+# loaded and attached by their own loaders (lsm.py, fentry.py), not by _attach nor a stage chain
+SELF_LOADED_BACKENDS = (hooks_mod.BACKEND_LSM, hooks_mod.BACKEND_LSM_OVERRIDE, hooks_mod.BACKEND_FENTRY)
 CONSUME_BUDGET = 4096   # records handled per wakeup of one ring buffer
 NAMESPACE_INDEX = {"Uts": 0, "Ipc": 1, "Mnt": 2, "Pid": 3, "PidForChildren": 4, "Net": 5,
                    "Time": 6, "TimeForChildren": 7, "Cgroup": 8, "User": 9}
@@ -105,9 +108,11 @@ class Field:
     type: str
 
 
-def tracepoint_fields(tracefs: str, target: str) -> list[Field]:
+@functools.lru_cache(maxsize=256)
+def tracepoint_fields(tracefs: str, target: str) -> tuple[Field, ...]:
     """The fields of a tracepoint's format file, common_* included (Tetragon's
-    tracepoint `index` counts them)."""
+    tracepoint `index` counts them).  Read once per process: a format does not
+    change while the kernel runs, and each change of a policy's values asks again."""
     sub, event = target.split(":", 1)
     fields = []
     with open(os.path.join(tracefs, "events", sub, event, "format")) as f:
@@ -120,7 +125,7 @@ def tracepoint_fields(tracefs: str, target: str) -> list[Field]:
             name = decl.split()[-1].split("[")[0]
             fields.append(Field(name, int(parts["offset"]), int(parts["size"]),
                                 parts.get("signed", "0").strip() == "1", decl))
-    return fields
+    return tuple(fields)
 
 
 def _syscall_arg_fields(tracefs: str, target: str) -> list[Field]:
@@ -227,8 +232,7 @@ class PolicyProgram:
         self.fentry_groups = self._fentry_groups(policy, plans)
         # the tracepoint ("tp") and kprobe/uprobe ("kp") stage chains its hooks run
         self.runners = {"kp" if p.backend in KPROBE_CTX_BACKENDS else "tp" for p in plans
-                        if p.backend not in (hooks_mod.BACKEND_LSM, hooks_mod.BACKEND_LSM_OVERRIDE,
-                                             hooks_mod.BACKEND_FENTRY)}
+                        if p.backend not in SELF_LOADED_BACKENDS}
         self._fentry_fds: list[int] = []   # fentry/fexit programs and their links, likewise
         macros = {**macros, **lsm_macros, "RB_PAGES": rb_pages,
                   **{f"WITHOUT_{r.upper()}": 1 for r in ("tp", "kp") if r not in self.runners}}
@@ -309,8 +313,7 @@ class PolicyProgram:
         for g, slots in enumerate(self.fentry_groups):
             self._load_fentry(g, slots)
         for slot, (hook, plan) in enumerate(zip(self.policy.hooks, self.plans)):
-            if plan.backend not in (hooks_mod.BACKEND_LSM, hooks_mod.BACKEND_LSM_OVERRIDE,
-                                    hooks_mod.BACKEND_FENTRY):
+            if plan.backend not in SELF_LOADED_BACKENDS:
                 self._attach(slot, hook, plan)
         self.set_enabled(True)
 
@@ -342,15 +345,14 @@ class PolicyProgram:
         """Drop what configuration `conf` left in the slot-keyed maps (the
         hooks and selectors arrays are overwritten whole)."""
         per_conf = self.nhooks * MAX_SELECTORS
+        # the prefix gates' values live in str_prefix too, one slot per hook configuration
+        gates = range(PREFIX_GATE_SLOT + conf * self.nhooks, PREFIX_GATE_SLOT + (conf + 1) * self.nhooks)
         for name, per_selector in SLOT_MAPS:
             table = self.bpf[name]
             low, high = conf * per_conf * per_selector, (conf + 1) * per_conf * per_selector
-            for key in [k for k in table.keys() if low <= k.slot < high]:
+            extra = gates if name == "str_prefix" else ()
+            for key in [k for k in table.keys() if low <= k.slot < high or k.slot in extra]:
                 del table[key]
-        gates = range(PREFIX_GATE_SLOT + conf * self.nhooks, PREFIX_GATE_SLOT + (conf + 1) * self.nhooks)
-        table = self.bpf["str_prefix"]
-        for key in [k for k in table.keys() if k.slot in gates]:
-            del table[key]
 
     def _load_lsm(self, i: int, hook: Hook, target: str) -> None:
         """BPF LSM hook i (on `target`): its stages into its own program array, then its entry attached."""
@@ -431,7 +433,7 @@ class PolicyProgram:
     def _configure_hook(self, slot: int, hook: Hook, plan: Plan) -> None:
         """Hook configuration `slot` (the hook's slot + NHOOKS * configuration)."""
         conf = self.bpf["hooks"].Leaf()
-        kprobe_ctx = plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
+        kprobe_ctx = plan.backend in KPROBE_CTX_BACKENDS
         has_exit = any(phase == EXIT for _, _, phase in plan.attach)
         has_enter = any(phase == ENTER for _, _, phase in plan.attach)
         conf.flags = (HOOKF_KPROBE if kprobe_ctx else 0) | (HOOKF_SYSCALL_WRAPPER if plan.syscall_wrapper else 0)
@@ -669,7 +671,7 @@ class PolicyProgram:
 
     # -- attaching ----------------------------------------------------------
     def _attach(self, slot: int, hook: Hook, plan: Plan) -> None:
-        kprobe_ctx = plan.backend in (hooks_mod.BACKEND_KPROBE, hooks_mod.BACKEND_UPROBE)
+        kprobe_ctx = plan.backend in KPROBE_CTX_BACKENDS
         for kind, target, phase in plan.attach:
             fn = f"{'khook' if kprobe_ctx else 'hook'}{slot}_{'enter' if phase == ENTER else 'exit'}"
             if kind == "tracepoint" and phase == ENTER and target.startswith("syscalls:sys_enter_") \
