@@ -120,6 +120,18 @@ static __always_inline void caller_scope(u32 tgid, u64 cgid, struct caller_scope
     s->ns = ns_scope_bits();
 }
 
+/* 0 for the callers no rule acts on (tetrad itself, init); else the
+ * caller's cgroup and the rules whose scopes hold it. */
+static __always_inline int judged_caller(u64 pid_tgid, u64 *cgid, struct caller_scope *s)
+{
+    u32 tgid = pid_tgid >> 32;
+    if (tgid == EXEMPT_TGID || tgid == 1)   /* never act on tetrad itself or init */
+        return 0;
+    *cgid = bpf_get_current_cgroup_id();
+    caller_scope(tgid, *cgid, s);
+    return 1;
+}
+
 static __always_inline void count_lost(u32 record_type)
 {
     u32 slot = record_type % LOST_SLOTS;
@@ -136,6 +148,15 @@ static __always_inline void kill_on_return(u64 pid_tgid)
     u32 tid = (u32)pid_tgid;
     u8 one = 1;
     kill_pending.update(&tid, &one);
+}
+
+/* A matching rule's verdict: 1 to allow (monitor), 0 to refuse; a Sigkill
+ * rule also marks the caller to be killed as the call returns. */
+static __always_inline int rule_verdict(u32 action, u64 pid_tgid)
+{
+    if (action == ACTION_KILL)
+        kill_on_return(pid_tgid);
+    return action == ACTION_MONITOR ? 1 : 0;
 }
 
 /* Attached by the daemon to the exits of the calls whose refusal the programs
@@ -272,11 +293,10 @@ static __always_inline int decide(u32 hook, u32 family, u32 type, u32 protocol, 
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32;
-    if (tgid == EXEMPT_TGID || tgid == 1)   /* never act on tetrad itself or init */
-        return 1;
-    u64 cgid = bpf_get_current_cgroup_id();
+    u64 cgid;
     struct caller_scope s;
-    caller_scope(tgid, cgid, &s);
+    if (!judged_caller(pid_tgid, &cgid, &s))
+        return 1;
 
     /* Every slot is judged, used or not: a loop bound read from a map (the
      * highest slot in use) is more than kernel 6.1's verifier can follow. */
@@ -308,9 +328,7 @@ static __always_inline int decide(u32 hook, u32 family, u32 type, u32 protocol, 
         } else {
             count_lost(RECORD_SOCK);
         }
-        if (r->action == ACTION_KILL)
-            kill_on_return(pid_tgid);
-        return r->action == ACTION_MONITOR ? 1 : 0;
+        return rule_verdict(r->action, pid_tgid);
     }
     return 1;
 }
@@ -395,11 +413,10 @@ int device(struct bpf_cgroup_dev_ctx *ctx)
     u64 dev_bits = *named;
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32;
-    if (tgid == EXEMPT_TGID || tgid == 1)   /* never act on tetrad itself or init */
-        return 1;
-    u64 cgid = bpf_get_current_cgroup_id();
+    u64 cgid;
     struct caller_scope s;
-    caller_scope(tgid, cgid, &s);
+    if (!judged_caller(pid_tgid, &cgid, &s))
+        return 1;
 
 #pragma clang loop unroll(disable)
     for (u32 i = 0; i < MAX_RULES; i++) {
@@ -437,9 +454,7 @@ int device(struct bpf_cgroup_dev_ctx *ctx)
         } else {
             count_lost(RECORD_DEVICE);
         }
-        if (r->action == ACTION_KILL)
-            kill_on_return(pid_tgid);
-        return r->action == ACTION_MONITOR ? 1 : 0;
+        return rule_verdict(r->action, pid_tgid);
     }
     return 1;
 }
